@@ -1,0 +1,1 @@
+"""Typed configuration: specs, YAML + command-line loading, DeepSpeed config."""

@@ -1,0 +1,1 @@
+"""Models: loading, adapters, the tiny scratch model, merge/export."""

@@ -1,0 +1,1 @@
+"""Training on Ray Train: launch, worker loop, one module per stage."""
