@@ -1,0 +1,363 @@
+"""Typed run specs.
+
+Keys are flat and spelled as in CareGPT / LLaMA-Factory (`--lora_rank 8`), so every
+`train_bash.py` command works unchanged; internally they are grouped by concern. The docstring
+under each field is its `--help` text (pydantic `use_attribute_docstrings`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+
+def _split_commas(value: Any) -> Any:
+    """`a,b` on the command line and `[a, b]` in YAML mean the same list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+    )
+
+
+class ModelArgs(_Spec):
+    model_name_or_path: str | None = None
+    """Base model: a local Hugging Face model directory (or a hub id where a hub is reachable)."""
+
+    checkpoint_dir: list[str] | None = None
+    """Adapter checkpoint(s) to load on top of the base model, comma separated (CareGPT spelling)."""
+
+    adapter_name_or_path: list[str] | None = None
+    """Alias of checkpoint_dir (LLaMA-Factory spelling)."""
+
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model directory to run. Off unless you trust the source."""
+
+    use_fast_tokenizer: bool = True
+    """Use the Rust (fast) tokenizer."""
+
+    quantization_bit: int | None = None
+    """Load the base model quantised to 4 or 8 bits with bitsandbytes (QLoRA); requires finetuning_type lora."""
+
+    quantization_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type for QLoRA."""
+
+    double_quantization: bool = True
+    """Quantise the quantisation constants too (saves ~0.4 bit per parameter)."""
+
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    """Attention kernel. FlashAttention needs a GPU and the flash-attn package."""
+
+    use_cache: bool = False
+    """Keep the KV cache during training (accepted for compatibility; training turns it off)."""
+
+    @field_validator("quantization_bit")
+    @classmethod
+    def _bits(cls, value: int | None) -> int | None:
+        if value not in (None, 4, 8):
+            raise ValueError("must be 4 or 8 (bitsandbytes k-bit quantisation)")
+        return value
+
+    @field_validator("checkpoint_dir", "adapter_name_or_path", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _merge_adapter_alias(self) -> ModelArgs:
+        if self.adapter_name_or_path and not self.checkpoint_dir:
+            object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        return self
+
+
+class DataArgs(_Spec):
+    dataset: list[str] | None = None
+    """Dataset names from dataset_info.json (or paths to data files), comma separated."""
+
+    dataset_dir: str = "data"
+    """Folder that holds dataset_info.json and the data files it names."""
+
+    dataset_info: str | None = None
+    """Registry file to use instead of DATASET_DIR/dataset_info.json; file names stay relative to dataset_dir."""
+
+    template: str = "default"
+    """Chat template: auto (the tokenizer's own), default, llama2, llama3, chatml, qwen, baichuan2, mistral."""
+
+    system: str | None = None
+    """System prompt for every SFT / preference record that has none of its own."""
+
+    cutoff_len: int = 1024
+    """Maximum tokens per training sequence; longer records are truncated (sft) or split (pt)."""
+
+    max_samples: int | None = None
+    """Use at most this many records from each dataset (for quick runs)."""
+
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    """How several datasets combine: one after the other, or interleaved (stop at the shortest / longest)."""
+
+    interleave_probs: list[float] | None = None
+    """Sampling probabilities per dataset for interleaving, comma separated."""
+
+    overwrite_cache: bool = False
+    """Re-tokenize even if a prepared (tokenized) copy of the data exists."""
+
+    tokenized_path: str | None = None
+    """Where `caregpt data prepare` writes / training reads the tokenized parquet copy."""
+
+    preprocessing_num_workers: int | None = None
+    """Parallel tokenizer workers in the Ray Data pipeline (default: one per available CPU)."""
+
+    packing: bool = False
+    """Pack several samples into each sequence without cross-attention between them (removes padding)."""
+
+    val_size: float = 0.0
+    """Fraction (<1) or count (>=1) of records held out for evaluation."""
+
+    skip_invalid: bool = False
+    """Train on the valid records when some are invalid (they are counted and reported), instead of refusing."""
+
+    streaming: bool = False
+    """Accepted for compatibility: the Ray Data pipeline always streams."""
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("interleave_probs", mode="before")
+    @classmethod
+    def _probs_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("cutoff_len")
+    @classmethod
+    def _positive_cutoff(cls, value: int) -> int:
+        if value < 8:
+            raise ValueError("must be at least 8 tokens")
+        return value
+
+
+class FinetuneArgs(_Spec):
+    stage: Literal["pt", "sft", "rm", "dpo", "ppo"] = "sft"
+    """Training stage: pretraining, supervised fine-tuning, reward model, DPO or PPO."""
+
+    finetuning_type: Literal["lora", "freeze", "full"] = "lora"
+    """Which parameters train: LoRA adapters, the last layers only (freeze), or all of them."""
+
+    lora_target: list[str] = ["q_proj", "v_proj"]
+    """Module names that get LoRA adapters, comma separated, or `all` for every linear layer."""
+
+    lora_rank: int = 8
+    """LoRA rank r."""
+
+    lora_alpha: float | None = None
+    """LoRA scaling alpha; default 2 x lora_rank."""
+
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA path."""
+
+    num_layer_trainable: int = 3
+    """With finetuning_type freeze: how many of the last decoder layers train."""
+
+    resume_lora_training: bool = True
+    """Keep training the adapter in checkpoint_dir (true) or merge it and start a new one (false)."""
+
+    dpo_beta: float = 0.1
+    """DPO temperature beta."""
+
+    dpo_loss: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
+    """DPO loss variant."""
+
+    reward_model: str | None = None
+    """PPO: path of the reward model trained by the rm stage."""
+
+    @field_validator("lora_target", mode="before")
+    @classmethod
+    def _targets(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("lora_rank")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be a positive integer")
+        return value
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
+class TrainArgs(_Spec):
+    do_train: bool = True
+    """Train (accepted for train_bash.py compatibility)."""
+
+    do_eval: bool = False
+    """Evaluate on the held-out split (val_size) after training."""
+
+    do_predict: bool = False
+    """Run batch prediction instead of training."""
+
+    output_dir: str = "outputs/run"
+    """Where the adapter / model, resolved config, logs and plots go."""
+
+    overwrite_output_dir: bool = False
+    """Allow writing into a non-empty output_dir that holds a finished run."""
+
+    learning_rate: float = 5e-5
+    """Peak learning rate (AdamW)."""
+
+    num_train_epochs: float = 3.0
+    """Passes over the data (fractions allowed); ignored when max_steps > 0."""
+
+    max_steps: int = -1
+    """Total optimizer steps; overrides num_train_epochs when > 0."""
+
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = "cosine"
+    """Learning-rate schedule."""
+
+    warmup_ratio: float = 0.0
+    """Fraction of steps spent warming the learning rate up."""
+
+    warmup_steps: int = 0
+    """Warm-up steps (overrides warmup_ratio when > 0)."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+
+    per_device_train_batch_size: int = 4
+    """Samples per worker per micro-step."""
+
+    per_device_eval_batch_size: int = 8
+    """Samples per worker per evaluation / prediction step."""
+
+    gradient_accumulation_steps: int = 1
+    """Micro-steps per optimizer step. Global batch = this x per_device_train_batch_size x num_workers."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+    logging_steps: int = 10
+    """Log loss / learning rate / throughput every N optimizer steps."""
+
+    save_steps: int = 500
+    """Checkpoint every N optimizer steps."""
+
+    eval_steps: int | None = None
+    """Evaluate every N steps (default: save_steps) when do_eval is on."""
+
+    save_total_limit: int | None = None
+    """Keep only this many checkpoints (alias of num_to_keep)."""
+
+    seed: int = 42
+    """Random seed for initialisation, shuffling and dropout."""
+
+    fp16: bool = False
+    """Mixed precision with float16 (GPU)."""
+
+    bf16: bool = False
+    """Mixed precision with bfloat16 (Ampere+ GPU or CPU)."""
+
+    plot_loss: bool = False
+    """Save a loss curve PNG in output_dir."""
+
+    predict_with_generate: bool = False
+    """With do_predict: generate answers (accepted for compatibility; prediction always generates)."""
+
+    max_new_tokens: int = 512
+    """Generation length for prediction / evaluation."""
+
+    report_to: str = "none"
+    """Extra loggers (tensorboard, wandb...); metrics always go to Ray and trainer_log.jsonl."""
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrainArgs:
+        if self.fp16 and self.bf16:
+            raise ValueError("fp16 and bf16 are mutually exclusive: choose one")
+        return self
+
+
+class RayArgs(_Spec):
+    ray_address: str | None = None
+    """Ray cluster to run on (`auto`, `ray://host:10001`, ...). Default: RAY_ADDRESS, else an embedded local Ray."""
+
+    num_workers: int = 1
+    """Ray Train workers (one per GPU on a GPU cluster)."""
+
+    use_gpu: bool = False
+    """Give each worker a GPU."""
+
+    resources_per_worker: dict[str, float] | None = None
+    """Resources per worker, e.g. {"CPU": 4, "GPU": 1}."""
+
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How workers are placed across nodes."""
+
+    deepspeed: str | None = None
+    """DeepSpeed ZeRO stage (2 or 3) or a path to a DeepSpeed JSON config."""
+
+    storage_path: str | None = None
+    """Where Ray Train keeps checkpoints (shared storage on multi-node). Default: OUTPUT_DIR/ray."""
+
+    num_to_keep: int | None = None
+    """Checkpoints kept by Ray Train (oldest removed first)."""
+
+    max_failures: int = 0
+    """Worker failures tolerated; the run restarts from the latest checkpoint."""
+
+    @field_validator("deepspeed", mode="before")
+    @classmethod
+    def _deepspeed(cls, value: Any) -> Any:
+        return None if value is None else str(value)
+
+
+GROUPS: dict[str, type[_Spec]] = {
+    "model": ModelArgs,
+    "data": DataArgs,
+    "finetune": FinetuneArgs,
+    "train": TrainArgs,
+    "ray": RayArgs,
+}
+
+
+class RunConfig(BaseModel):
+    """One training / data run: every flat key lives in exactly one group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelArgs = ModelArgs()
+    data: DataArgs = DataArgs()
+    finetune: FinetuneArgs = FinetuneArgs()
+    train: TrainArgs = TrainArgs()
+    ray: RayArgs = RayArgs()
+
+    def flat(self) -> dict[str, Any]:
+        """The flat key -> value view (what YAML files and flags use)."""
+        out: dict[str, Any] = {}
+        for group in GROUPS:
+            out.update(getattr(self, group).model_dump(mode="json"))
+        return out
+
+
+def key_owner() -> dict[str, str]:
+    """Flat key -> group name; a key defined twice would make flags ambiguous, so refuse it."""
+    owners: dict[str, str] = {}
+    for group, spec in GROUPS.items():
+        for key in spec.model_fields:
+            if key in owners:
+                raise RuntimeError(f"config key {key!r} defined in both {owners[key]} and {group}")
+            owners[key] = group
+    return owners

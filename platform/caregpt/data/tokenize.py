@@ -1,0 +1,127 @@
+"""Tokenization of canonical records, one batch at a time.
+
+The same `BatchTokenizer` runs inside Ray Data actors (tokenizer loaded once per actor) and in plain
+Python (tests, benchmarks): one code path, so the pipeline's token ids are by construction those of
+a direct call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from caregpt.data.templates import IGNORE_INDEX, get_template
+
+TOKEN_COLUMNS = {
+    "text": ("input_ids", "labels"),
+    "sft": ("input_ids", "labels"),
+    "pref": ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"),
+}
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, use_fast: bool = True):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, use_fast=use_fast)
+    if tokenizer.pad_token is None:
+        # many base models ship without a pad token; padding positions are masked, so eos is safe
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _messages(roles: Any, contents: Any) -> list[dict[str, str]]:
+    return [{"role": str(r), "content": str(c)} for r, c in zip(roles, contents)]
+
+
+class BatchTokenizer:
+    """Callable for `Dataset.map_batches`: canonical record columns in, token columns out.
+
+    Output per row: loc, dataset, token columns (see TOKEN_COLUMNS), `length` (tokens after
+    truncation), `raw_length` (before) and `truncated`. A pretraining document longer than
+    cutoff_len becomes several rows (its tokens are split, not thrown away).
+    """
+
+    def __init__(self, tokenizer_path: str, kind: str, template: str, cutoff_len: int, trust_remote_code: bool = False, tokenizer=None):
+        self.tokenizer = tokenizer or load_tokenizer(tokenizer_path, trust_remote_code)
+        self.kind = kind
+        self.cutoff_len = cutoff_len
+        self.template = None if kind == "text" else get_template(template, self.tokenizer)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out: dict[str, list] = {name: [] for name in ("loc", "dataset", "length", "raw_length", "truncated", *TOKEN_COLUMNS[self.kind])}
+        if self.kind == "text":
+            self._text(batch, out)
+        elif self.kind == "sft":
+            self._sft(batch, out)
+        else:
+            self._pref(batch, out)
+        return out
+
+    def _text(self, batch: dict[str, Any], out: dict[str, list]) -> None:
+        eos = self.tokenizer.eos_token_id
+        encoded = self.tokenizer(list(map(str, batch["text"])), add_special_tokens=False)["input_ids"]
+        for loc, dataset, ids in zip(batch["loc"], batch["dataset"], encoded):
+            ids = list(ids) + ([eos] if eos is not None else [])
+            for start in range(0, len(ids), self.cutoff_len):
+                piece = ids[start : start + self.cutoff_len]
+                if len(piece) < 2 and start > 0:
+                    break  # a lone trailing eos predicts nothing
+                self._emit(out, loc, dataset, len(ids), len(ids) > self.cutoff_len, input_ids=piece, labels=list(piece))
+
+    def _encode(self, messages: list[dict[str, str]]):
+        full = self.template.encode(self.tokenizer, messages, cutoff_len=None)
+        if len(full.input_ids) <= self.cutoff_len:
+            return full, len(full.input_ids)
+        return self.template.encode(self.tokenizer, messages, cutoff_len=self.cutoff_len), len(full.input_ids)
+
+    def _sft(self, batch: dict[str, Any], out: dict[str, list]) -> None:
+        for loc, dataset, roles, contents in zip(batch["loc"], batch["dataset"], batch["roles"], batch["contents"]):
+            encoded, raw = self._encode(_messages(roles, contents))
+            self._emit(out, loc, dataset, raw, encoded.truncated, input_ids=encoded.input_ids, labels=encoded.labels)
+
+    def _pref(self, batch: dict[str, Any], out: dict[str, list]) -> None:
+        rows = zip(batch["loc"], batch["dataset"], batch["roles"], batch["contents"], batch["chosen"], batch["rejected"])
+        for loc, dataset, roles, contents, chosen, rejected in rows:
+            prompt = _messages(roles, contents)
+            good, raw_good = self._encode(prompt + [{"role": "assistant", "content": str(chosen)}])
+            bad, raw_bad = self._encode(prompt + [{"role": "assistant", "content": str(rejected)}])
+            self._emit(
+                out, loc, dataset, max(raw_good, raw_bad), good.truncated or bad.truncated,
+                chosen_input_ids=good.input_ids, chosen_labels=good.labels,
+                rejected_input_ids=bad.input_ids, rejected_labels=bad.labels,
+            )
+
+    @staticmethod
+    def _emit(out: dict[str, list], loc: str, dataset: str, raw_length: int, truncated: bool, **columns: list[int]) -> None:
+        out["loc"].append(str(loc))
+        out["dataset"].append(str(dataset))
+        out["raw_length"].append(int(raw_length))
+        out["truncated"].append(bool(truncated))
+        out["length"].append(max(len(v) for v in columns.values()))
+        for name, ids in columns.items():
+            out[name].append(list(ids))
+
+
+class ArrowBatchTokenizer(BatchTokenizer):
+    """The Ray Data form: returns an Arrow table with int32 token lists (half the memory of int64,
+    and plain list columns rather than Ray's ragged-tensor extension type, so parquet stays portable)."""
+
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        out = super().__call__(batch)
+        columns = {}
+        for name, values in out.items():
+            if name in ("loc", "dataset"):
+                columns[name] = pa.array(values, type=pa.string())
+            elif name == "truncated":
+                columns[name] = pa.array(values, type=pa.bool_())
+            elif name in ("length", "raw_length"):
+                columns[name] = pa.array(values, type=pa.int32())
+            else:
+                columns[name] = pa.array(values, type=pa.list_(pa.int32()))
+        return pa.table(columns)
+
+
+def trainable_tokens(labels: list[int] | np.ndarray) -> int:
+    return int((np.asarray(labels) != IGNORE_INDEX).sum())

@@ -1,0 +1,38 @@
+"""Connecting to Ray: the cluster a job was submitted to, an address the user gave, or an embedded local Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process.
+
+    Inside `ray job submit` RAY_ADDRESS is set and we join that cluster; with neither an address nor
+    RAY_ADDRESS we start a local Ray embedded in this process (the laptop path). num_cpus applies to
+    the embedded Ray only: logical CPUs may exceed physical ones so small actors can be co-scheduled.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    target = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(log_to_driver=True, configure_logging=False)
+    if target:
+        logger.info("joining the Ray cluster at %s", target)
+        ray.init(address=target, **kwargs)
+    else:
+        logger.info("starting an embedded local Ray (num_cpus=%s)", num_cpus or "all")
+        # the dashboard pulls extra processes a laptop run does not need; a cluster has its own
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("CAREGPT_PROGRESS", "1") == "1"
+
+
+def available_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.available_resources().get("CPU", 1)))
