@@ -68,7 +68,9 @@ class BatchTokenizer:
                 piece = ids[start : start + self.cutoff_len]
                 if len(piece) < 2 and start > 0:
                     break  # a lone trailing eos predicts nothing
-                self._emit(out, loc, dataset, len(ids), len(ids) > self.cutoff_len, input_ids=piece, labels=list(piece))
+                # continuation chunks carry raw_length -1 so statistics count each document once
+                raw = len(ids) if start == 0 else -1
+                self._emit(out, loc, dataset, raw, len(ids) > self.cutoff_len, input_ids=piece, labels=list(piece))
 
     def _encode(self, messages: list[dict[str, str]]):
         full = self.template.encode(self.tokenizer, messages, cutoff_len=None)

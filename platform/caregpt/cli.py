@@ -1,0 +1,161 @@
+"""`caregpt <verb>`: the one command-line entry point.
+
+Run-config verbs (`train`, `data check`, `data prepare`) take `[CONFIG.yaml] [--key value ...]` in the
+CareGPT / LLaMA-Factory spelling, so `python src/train_bash.py --stage sft ...` becomes
+`caregpt train --stage sft ...` with nothing else changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from caregpt import __version__
+from caregpt.config.loader import ConfigError
+
+logger = logging.getLogger("caregpt")
+
+RUN_USAGE = "[CONFIG.yaml] [--key value ...]"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _run_config_help(verb: str, summary: str, groups: tuple[str, ...]) -> str:
+    from caregpt.config.help import options_help
+
+    return f"usage: caregpt {verb} {RUN_USAGE}\n\n{summary}\n\n{options_help(groups)}"
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def _tokenizer_for(config) -> str:
+    if not config.model.model_name_or_path:
+        raise ConfigError("model_name_or_path is required: the tokenizer comes from the model directory")
+    return config.model.model_name_or_path
+
+
+def cmd_data(argv: list[str]) -> int:
+    action = argv[0] if argv and not argv[0].startswith("-") else None
+    if action not in ("check", "prepare"):
+        print(
+            "usage: caregpt data {check,prepare} " + RUN_USAGE + "\n\n"
+            "  check    count records, show invalid ones with file:line, token length statistics\n"
+            "  prepare  tokenize once into parquet (reused by training; --overwrite_cache to redo)\n"
+        )
+        return 0 if _wants_help(argv) else 2
+    rest = argv[1:]
+    if _wants_help(rest):
+        summary = {
+            "check": "Validate datasets: records, valid, invalid (first few with file:line and why), token lengths "
+            "under the template and tokenizer (model_name_or_path), and how many exceed cutoff_len.",
+            "prepare": "Tokenize the datasets with the Ray Data pipeline into parquet (tokenized_path, or a cache "
+            "folder keyed by a fingerprint of data + tokenizer + settings).",
+        }[action]
+        print(_run_config_help(f"data {action}", summary, ("model", "data", "finetune")))
+        return 0
+    from caregpt.config.loader import load_from_argv
+    from caregpt.runtime import ensure_ray
+
+    parsed = argparse.ArgumentParser(add_help=False)
+    parsed.add_argument("--json", action="store_true")
+    extra, remaining = parsed.parse_known_args(rest)
+    config = load_from_argv(remaining)
+    from caregpt.data.pipeline import plan_data
+
+    plan_data(config)  # every config / registry problem surfaces here, before Ray starts
+    ensure_ray(config.ray.ray_address)
+    if action == "check":
+        from caregpt.data.check import check_data
+
+        report = check_data(config, config.model.model_name_or_path)
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if extra.json else report.format())
+        return 1 if report.invalid else 0
+    from caregpt.data.prepare import prepare
+
+    path, manifest = prepare(config, _tokenizer_for(config))
+    print(f"tokenized data: {path}")
+    print(json.dumps(manifest, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_new_model(argv: list[str]) -> int:
+    from caregpt.models.tiny import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="caregpt new-model",
+        description="Build a small Llama-architecture model from scratch: a byte-level BPE tokenizer trained on your "
+        "text (Chinese-capable, ChatML chat template) and randomly initialised weights, saved as a normal Hugging Face "
+        "model directory (safetensors) that every stage, eval and serving can load by path.",
+    )
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size (default: tiny, a few million parameters)")
+    parser.add_argument("--corpus", required=True, help="text to train the tokenizer on: .txt/.json/.jsonl/.csv files, comma separated")
+    parser.add_argument("--output_dir", "--output-dir", required=True, help="where the model directory is written")
+    parser.add_argument("--vocab_size", "--vocab-size", type=int, default=None, help="tokenizer vocabulary size (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output_dir")
+    args = parser.parse_args(argv)
+    from caregpt.models.tiny import build_tiny_model
+
+    corpus = [c.strip() for c in args.corpus.split(",") if c.strip()]
+    path = build_tiny_model(args.preset, corpus, args.output_dir, vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
+    "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
+}
+
+
+def _usage() -> str:
+    lines = [f"caregpt {__version__}: train, evaluate and serve medical LLMs on Ray", "", "usage: caregpt <verb> [options]", "", "verbs:"]
+    lines += [f"  {name:<12}{summary}" for name, (_, summary) in VERBS.items()]
+    lines += ["", "Run `caregpt <verb> --help` for the options of a verb."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(__version__)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        from caregpt.config.loader import nearest_key
+
+        hint = nearest_key(verb, list(VERBS))
+        print(f"caregpt: unknown verb {verb!r}" + (f"; did you mean {hint!r}?" if hint else "") + "\n\n" + _usage(), file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        return VERBS[verb][0](rest)
+    except ConfigError as exc:
+        # a configuration problem: one clear line, no traceback
+        print(f"caregpt {verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001
+        from caregpt.data.check import InvalidDataError
+
+        if isinstance(exc, InvalidDataError):
+            print(f"caregpt {verb}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
