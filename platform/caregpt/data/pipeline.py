@@ -117,7 +117,7 @@ def dataset_records(attr: DatasetAttr, kind: Kind, system: str | None = None, ma
         tasks = [t.to_row() for t in plan_read_tasks(attr.path)]
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
         ds = ds.map_batches(ReadAndNormalize(attr, kind, system), batch_size=1, batch_format="numpy")
-    return ds.limit(max_samples) if max_samples else ds
+    return _deterministic(ds).limit(max_samples) if max_samples else ds
 
 
 def _interleave(parts: list, probs: list[float] | None, strategy: str):
@@ -136,7 +136,8 @@ def _interleave(parts: list, probs: list[float] | None, strategy: str):
         repeats = max(1, math.ceil(horizon * prob / count))
         for rep in range(repeats):
             def due(table: pa.Table, rep=rep, count=count, prob=prob) -> pa.Table:
-                ranks = pc.add(pc.cast(table["ordinal"], pa.float64()), float(rep * count))
+                # ordinals are 1-based line / record numbers; ranks start at 0
+                ranks = pc.add(pc.cast(table["ordinal"], pa.float64()), float(rep * count - 1))
                 return table.append_column("_due", pc.divide(ranks, prob))
 
             mixed.append(part.map_batches(due, batch_format="pyarrow"))
@@ -149,10 +150,19 @@ def build_records(config: RunConfig, plan: DataPlan):
     """Every record of every requested dataset, mixed per mix_strategy."""
     parts = [dataset_records(a, plan.kind, config.data.system, config.data.max_samples) for a in plan.attrs]
     if len(parts) == 1:
-        return parts[0]
-    if config.data.mix_strategy == "concat":
-        return parts[0].union(*parts[1:])
-    return _interleave(parts, config.data.interleave_probs, config.data.mix_strategy)
+        records = parts[0]
+    elif config.data.mix_strategy == "concat":
+        records = parts[0].union(*parts[1:])
+    else:
+        records = _interleave(parts, config.data.interleave_probs, config.data.mix_strategy)
+    return _deterministic(records)
+
+
+def _deterministic(ds):
+    """Same data, same order, every run: max_samples takes the first N records and a resumed
+    training run finds its data position again. Costs a little reordering, not parallelism."""
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def only_valid(table: pa.Table) -> pa.Table:

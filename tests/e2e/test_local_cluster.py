@@ -1,0 +1,280 @@
+"""End-to-end test of cluster/local/: a real two-node Ray cluster on this machine.
+
+start.sh brings up a head node and a worker node (own temp dir, free ports), a
+separate client process connects with the env file start.sh writes, runs one task
+on each node, the dashboard HTTP API and `ray job submit` are exercised, and
+stop.sh must take down exactly this cluster. A finalizer always runs stop.sh.
+
+Run: PYTHONPATH=platform .venv/bin/python -m pytest tests/e2e/test_local_cluster.py -q -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+START = REPO / "cluster" / "local" / "start.sh"
+STOP = REPO / "cluster" / "local" / "stop.sh"
+
+HEAD_CPUS = 1
+WORKER_CPUS = 2
+
+# Runs in a separate interpreter so the auth env vars are in place before `import ray`
+# and this pytest process keeps no Ray state.
+PROBE = r"""
+import json, os
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+nodes = [n for n in ray.nodes() if n["Alive"]]
+
+@ray.remote(num_cpus=1)
+def where():
+    return ray.get_runtime_context().get_node_id()
+
+pinned = {}
+for n in nodes:
+    strategy = NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)
+    pinned[n["NodeID"]] = ray.get(where.options(scheduling_strategy=strategy).remote(), timeout=60)
+by_resource = ray.get(where.options(resources={"worker_node": 1}).remote(), timeout=60)
+print("PROBE " + json.dumps({
+    "nodes": [{"id": n["NodeID"], "resources": n["Resources"]} for n in nodes],
+    "pinned": pinned,
+    "worker_node_task": by_resource,
+}))
+ray.shutdown()
+"""
+
+
+def _ray_bin() -> Path | None:
+    venv_ray = REPO / ".venv" / "bin" / "ray"
+    if venv_ray.exists():
+        return venv_ray
+    found = shutil.which("ray")
+    return Path(found) if found else None
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("export ") and "=" in line:
+            key, value = line[len("export "):].split("=", 1)
+            out[key] = value
+    return out
+
+
+def _session_ids(tmp: Path) -> set[int]:
+    return {int(p.read_text()) for p in (tmp / "caregpt-local").glob("*.sid")}
+
+
+def _live_pids_in_sessions(sids: set[int]) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) not in sids:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            pids.append(pid)
+    return pids
+
+
+def _http(url: str, token: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def _run(cmd, env, timeout, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(c) for c in cmd], env=env, timeout=timeout, capture_output=True, text=True,
+        start_new_session=True, **kw,
+    )
+
+
+def _show(proc: subprocess.CompletedProcess) -> str:
+    return f"rc={proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+@pytest.fixture
+def cluster_env():
+    if not sys.platform.startswith("linux") or shutil.which("bash") is None:
+        pytest.skip("needs Linux and bash")
+    ray_bin = _ray_bin()
+    if ray_bin is None:
+        pytest.skip("no ray executable (.venv/bin/ray or PATH)")
+
+    # Short path on purpose: Ray's unix sockets live under it (AF_UNIX limit 107 bytes).
+    tmp = Path(tempfile.mkdtemp(prefix="cgray-", dir="/tmp"))
+    gcs_port, dash_port = _free_ports(2)
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("RAY_") and not k.startswith("CAREGPT_RAY")
+    }
+    env.update(
+        RAY_BIN=str(ray_bin),
+        CAREGPT_RAY_PORT=str(gcs_port),
+        CAREGPT_DASHBOARD_PORT=str(dash_port),
+        CAREGPT_RAY_TMP=str(tmp),
+        CAREGPT_RAY_NUM_CPUS=str(HEAD_CPUS),
+        CAREGPT_RAY_WORKER_NUM_CPUS=str(WORKER_CPUS),
+        CAREGPT_RAY_OBJECT_STORE_BYTES=str(200 * 1024 * 1024),
+        CAREGPT_RAY_START_TIMEOUT="60",
+    )
+    info = {"env": env, "tmp": tmp, "gcs_port": gcs_port, "dash_port": dash_port,
+            "ray_bin": ray_bin}
+    try:
+        yield info
+    finally:
+        try:
+            _run(["bash", STOP], env, timeout=90)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_local_two_node_cluster(cluster_env):
+    env, tmp = cluster_env["env"], cluster_env["tmp"]
+    gcs_port, dash_port = cluster_env["gcs_port"], cluster_env["dash_port"]
+    dash_url = f"http://127.0.0.1:{dash_port}"
+    t0 = time.monotonic()
+    timings = {}
+
+    # --- start --------------------------------------------------------------
+    started = _run(["bash", START], env, timeout=150)
+    timings["start"] = time.monotonic() - t0
+    assert started.returncode == 0, _show(started)
+    assert f"127.0.0.1:{gcs_port}" in started.stdout
+    assert dash_url in started.stdout
+    assert "ray job submit" in started.stdout
+
+    env_file = tmp / "cluster.env"
+    client = _read_env_file(env_file)
+    assert client["RAY_ADDRESS"] == f"127.0.0.1:{gcs_port}"
+    assert client["RAY_API_SERVER_ADDRESS"] == dash_url
+    assert client["RAY_AUTH_MODE"] == "token"
+    token_path = Path(client["RAY_AUTH_TOKEN_PATH"])
+    token = token_path.read_text().strip()
+    assert len(token) >= 32
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+
+    sids = _session_ids(tmp)
+    assert len(sids) == 2, sids
+    assert _live_pids_in_sessions(sids)
+
+    # --- a second start.sh on the same port refuses clearly -----------------
+    again = _run(["bash", START], env, timeout=30)
+    assert again.returncode == 2, _show(again)
+    assert "already running" in again.stderr
+
+    # --- client: 2 alive nodes, one task pinned to each ----------------------
+    t = time.monotonic()
+    client_env = {**env, **client}
+    probe = _run([sys.executable, "-c", PROBE], client_env, timeout=120, cwd=str(tmp))
+    timings["probe"] = time.monotonic() - t
+    assert probe.returncode == 0, _show(probe)
+    line = next(l for l in probe.stdout.splitlines() if l.startswith("PROBE "))
+    result = json.loads(line[len("PROBE "):])
+
+    nodes = {n["id"]: n["resources"] for n in result["nodes"]}
+    assert len(nodes) == 2, nodes
+    heads = [i for i, r in nodes.items() if r.get("head_node") == 1]
+    workers = [i for i, r in nodes.items() if r.get("worker_node") == 1]
+    assert len(heads) == 1 and len(workers) == 1 and heads != workers, nodes
+    assert nodes[heads[0]]["CPU"] == HEAD_CPUS
+    assert nodes[workers[0]]["CPU"] == WORKER_CPUS
+
+    pinned = result["pinned"]
+    assert pinned == {node_id: node_id for node_id in nodes}, pinned
+    assert len(set(pinned.values())) == 2
+    assert result["worker_node_task"] == workers[0]
+
+    # --- dashboard HTTP API on 127.0.0.1, token protected --------------------
+    status, body = _http(f"{dash_url}/api/authentication_mode")
+    assert status == 200 and json.loads(body)["authentication_mode"] == "token", body
+    status, _ = _http(f"{dash_url}/api/version")
+    assert status == 401
+    status, body = _http(f"{dash_url}/api/version", token=token)
+    assert status == 200, body
+    assert json.loads(body)["ray_version"]
+    status, body = _http(f"{dash_url}/api/jobs/", token=token)
+    assert status == 200 and isinstance(json.loads(body), list), body
+
+    # --- ray job submit, as printed by start.sh ------------------------------
+    t = time.monotonic()
+    job = _run(
+        [cluster_env["ray_bin"], "job", "submit", "--address", dash_url, "--",
+         "python", "-c",
+         "import ray; ray.init(); print('JOB_NODES', sum(n['Alive'] for n in ray.nodes()))"],
+        client_env, timeout=120, cwd=str(tmp),
+    )
+    timings["job"] = time.monotonic() - t
+    assert job.returncode == 0, _show(job)
+    assert "JOB_NODES 2" in job.stdout, _show(job)
+
+    # --- stop: exactly our processes, ports closed, idempotent ---------------
+    t = time.monotonic()
+    stopped = _run(["bash", STOP], env, timeout=90)
+    timings["stop"] = time.monotonic() - t
+    assert stopped.returncode == 0, _show(stopped)
+    assert _live_pids_in_sessions(sids) == []
+    assert not _port_open(gcs_port)
+    assert not _port_open(dash_port)
+    assert not env_file.exists()
+    assert not token_path.exists()
+
+    twice = _run(["bash", STOP], env, timeout=60)
+    assert twice.returncode == 0, _show(twice)
+    assert "no running cluster processes" in twice.stdout
+
+    timings["total"] = time.monotonic() - t0
+    print("\nlocal cluster timings (s): "
+          + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
