@@ -191,13 +191,28 @@ class Template:
             ids += _tok(tokenizer, prompt) + _tok(tokenizer, answer)
         return ids
 
-    def encode(self, tokenizer, messages: list[dict], cutoff_len: int | None = None) -> Encoded:
+    def encode_batch(self, tokenizer, conversations: list[list[dict]], cutoff_len: int | None = None) -> list[Encoded]:
+        """`encode` for many conversations with ONE tokenizer call over all their distinct segment
+        texts: the Rust tokenizer batches in parallel, and per-call Python overhead is paid once."""
+        texts: set[str] = set()
+        for messages in conversations:
+            _check(messages, "assistant")
+            for prompt, answer in self._segments(messages, False, tokenizer):
+                texts.add(prompt)
+                texts.update(_split_tail(answer))
+        texts.discard("")
+        ordered = list(texts)
+        ids = tokenizer(ordered, add_special_tokens=False)["input_ids"] if ordered else []
+        cache = {text: list(i) for text, i in zip(ordered, ids)}
+        return [self.encode(tokenizer, m, cutoff_len, _cache=cache) for m in conversations]
+
+    def encode(self, tokenizer, messages: list[dict], cutoff_len: int | None = None, *, _cache: dict[str, list[int]] | None = None) -> Encoded:
         _check(messages, "assistant")
         if cutoff_len is not None and cutoff_len < 1:
             raise ValueError(f"cutoff_len must be >= 1, got {cutoff_len}")
         system = [messages[0]] if messages[0]["role"] == "system" else []
         turns = list(messages[len(system):])
-        cache: dict[str, list[int]] = {}  # dropping a pair leaves most segment texts unchanged
+        cache: dict[str, list[int]] = {} if _cache is None else _cache  # dropping a pair leaves most segment texts unchanged
 
         def tok(text: str) -> list[int]:
             if text not in cache:

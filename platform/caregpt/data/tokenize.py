@@ -72,23 +72,27 @@ class BatchTokenizer:
                 raw = len(ids) if start == 0 else -1
                 self._emit(out, loc, dataset, raw, len(ids) > self.cutoff_len, input_ids=piece, labels=list(piece))
 
-    def _encode(self, messages: list[dict[str, str]]):
-        full = self.template.encode(self.tokenizer, messages, cutoff_len=None)
-        if len(full.input_ids) <= self.cutoff_len:
-            return full, len(full.input_ids)
-        return self.template.encode(self.tokenizer, messages, cutoff_len=self.cutoff_len), len(full.input_ids)
+    def _encode_all(self, conversations: list[list[dict[str, str]]]) -> list[tuple[Any, int]]:
+        """(encoded within cutoff_len, untruncated length) per conversation, one tokenizer call."""
+        full = self.template.encode_batch(self.tokenizer, conversations)
+        out = []
+        for messages, encoded in zip(conversations, full):
+            raw = len(encoded.input_ids)
+            if raw > self.cutoff_len:
+                encoded = self.template.encode(self.tokenizer, messages, cutoff_len=self.cutoff_len)
+            out.append((encoded, raw))
+        return out
 
     def _sft(self, batch: dict[str, Any], out: dict[str, list]) -> None:
-        for loc, dataset, roles, contents in zip(batch["loc"], batch["dataset"], batch["roles"], batch["contents"]):
-            encoded, raw = self._encode(_messages(roles, contents))
+        conversations = [_messages(r, c) for r, c in zip(batch["roles"], batch["contents"])]
+        for loc, dataset, (encoded, raw) in zip(batch["loc"], batch["dataset"], self._encode_all(conversations)):
             self._emit(out, loc, dataset, raw, encoded.truncated, input_ids=encoded.input_ids, labels=encoded.labels)
 
     def _pref(self, batch: dict[str, Any], out: dict[str, list]) -> None:
-        rows = zip(batch["loc"], batch["dataset"], batch["roles"], batch["contents"], batch["chosen"], batch["rejected"])
-        for loc, dataset, roles, contents, chosen, rejected in rows:
-            prompt = _messages(roles, contents)
-            good, raw_good = self._encode(prompt + [{"role": "assistant", "content": str(chosen)}])
-            bad, raw_bad = self._encode(prompt + [{"role": "assistant", "content": str(rejected)}])
+        prompts = [_messages(r, c) for r, c in zip(batch["roles"], batch["contents"])]
+        goods = self._encode_all([p + [{"role": "assistant", "content": str(a)}] for p, a in zip(prompts, batch["chosen"])])
+        bads = self._encode_all([p + [{"role": "assistant", "content": str(a)}] for p, a in zip(prompts, batch["rejected"])])
+        for loc, dataset, (good, raw_good), (bad, raw_bad) in zip(batch["loc"], batch["dataset"], goods, bads):
             self._emit(
                 out, loc, dataset, max(raw_good, raw_bad), good.truncated or bad.truncated,
                 chosen_input_ids=good.input_ids, chosen_labels=good.labels,
