@@ -113,7 +113,28 @@ def cmd_new_model(argv: list[str]) -> int:
     return 0
 
 
+def cmd_train(argv: list[str]) -> int:
+    if _wants_help(argv):
+        print(_run_config_help(
+            "train",
+            "Train a stage (pt, sft) on Ray Train: tokenize with Ray Data, run N workers (DDP or DeepSpeed), "
+            "checkpoint to storage_path, resume when run again, write the adapter/model, trainer_log.jsonl, "
+            "all_results.json and (with --plot_loss) training_loss.png into output_dir.\n"
+            "Every train_bash.py command of CareGPT works with `caregpt train` in its place.",
+            ("model", "data", "finetune", "train", "ray"),
+        ))
+        return 0
+    from caregpt.config.loader import load_from_argv
+    from caregpt.train.launch import run_training
+
+    outcome = run_training(load_from_argv(argv))
+    shown = {k: outcome.metrics[k] for k in ("step", "train_loss", "eval_loss", "tokens_seen", "records_used", "records_rejected") if k in outcome.metrics}
+    print(f"\ntraining finished: {outcome.output_dir}\n" + json.dumps(shown, indent=2))
+    return 0
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (cmd_train, "train a stage (pt, sft) on Ray Train with CareGPT's flags"),
     "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
 }

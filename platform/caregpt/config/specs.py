@@ -247,6 +247,9 @@ class TrainArgs(_Spec):
     gradient_accumulation_steps: int = 1
     """Micro-steps per optimizer step. Global batch = this x per_device_train_batch_size x num_workers."""
 
+    group_by_length: bool = True
+    """Batch samples of similar length together (megabatches of 50 steps): far less padding, same data per epoch."""
+
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 

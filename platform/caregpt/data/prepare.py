@@ -58,10 +58,10 @@ def fingerprint(config: RunConfig, plan: DataPlan, tokenizer_path: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepared_path(config: RunConfig, plan: DataPlan, tokenizer_path: str) -> Path:
+def prepared_path(config: RunConfig, plan: DataPlan, tokenizer_path: str, cache_root: Path | None = None) -> Path:
     if config.data.tokenized_path:
         return Path(config.data.tokenized_path)
-    return default_cache_root() / fingerprint(config, plan, tokenizer_path)
+    return (cache_root or default_cache_root()) / fingerprint(config, plan, tokenizer_path)
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -69,10 +69,10 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def prepare(config: RunConfig, tokenizer_path: str, num_workers: int | None = None) -> tuple[Path, dict[str, Any]]:
+def prepare(config: RunConfig, tokenizer_path: str, num_workers: int | None = None, cache_root: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Tokenize (unless a matching copy exists) and return (parquet dir, manifest)."""
     plan = plan_data(config)
-    target = prepared_path(config, plan, tokenizer_path)
+    target = prepared_path(config, plan, tokenizer_path, cache_root)
     expected = fingerprint(config, plan, tokenizer_path)
     manifest = read_manifest(target)
     if manifest and manifest.get("fingerprint") == expected and not config.data.overwrite_cache:

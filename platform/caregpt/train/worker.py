@@ -1,0 +1,131 @@
+"""The function every Ray Train worker runs: build model + data, train (or resume), save.
+
+Everything heavy is imported here, inside the worker, so the driver validates a config and fails
+fast without torch/transformers work. The run config arrives as plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FINAL_MARKER = "caregpt_final.json"
+
+
+def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval: bool, use_gpu: bool):
+    from transformers import TrainingArguments
+
+    t = config.train
+    eval_steps = t.eval_steps or t.save_steps
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_ratio=t.warmup_ratio,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        fp16=t.fp16,
+        bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        deepspeed=deepspeed,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        report_to=[],
+        disable_tqdm=True,  # the callback prints one progress line per logging step instead
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=use_gpu,
+        ddp_find_unused_parameters=False,
+        use_cpu=not use_gpu,
+        save_safetensors=True,
+    )
+
+
+def _restore(local_root: Path) -> tuple[str | None, dict | None]:
+    """Download the latest Ray checkpoint (if any) to local disk; returns (path, final manifest)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, None
+    target = local_root / "restored"
+    with checkpoint.as_directory() as directory:
+        shutil.copytree(directory, target, dirs_exist_ok=True)
+    marker = target / FINAL_MARKER
+    return str(target), (json.loads(marker.read_text()) if marker.is_file() else None)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+
+    from caregpt.config.deepspeed import build_deepspeed_config
+    from caregpt.config.loader import config_from_json
+    from caregpt.data.tokenize import load_tokenizer
+    from caregpt.models.adapters import apply_finetuning
+    from caregpt.models.loader import load_model
+    from caregpt.train.data import PadCollator, TokenDataset, split_eval
+    from caregpt.train.trainer import CareTrainer, RayReportCallback, write_history
+
+    config = config_from_json(loop_config["config"])
+    context = ray.train.get_context()
+    use_gpu = config.ray.use_gpu
+    if not use_gpu and loop_config.get("threads"):
+        torch.set_num_threads(int(loop_config["threads"]))
+    local_root = Path(tempfile.mkdtemp(prefix=f"caregpt-rank{context.get_world_rank()}-"))
+    resume_path, final = _restore(local_root)
+    if final is not None:
+        # the run already finished (the driver died after training): hand the result over again
+        ray.train.report(metrics=final["metrics"], checkpoint=ray.train.Checkpoint.from_directory(resume_path))
+        return
+
+    tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
+    model = apply_finetuning(load_model(config, for_training=True), config)
+    data = TokenDataset.from_parquet(loop_config["data_path"])
+    train_data, eval_data = split_eval(data, config.data.val_size, config.train.seed)
+    deepspeed = build_deepspeed_config(config.ray.deepspeed, fp16=config.train.fp16, bf16=config.train.bf16)
+    args = training_arguments(config, str(local_root / "hf"), deepspeed, eval_data is not None, use_gpu)
+    trainer = CareTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=PadCollator(tokenizer.pad_token_id, pad_multiple=8 if use_gpu else 1),
+        processing_class=tokenizer,
+    )
+    callback = RayReportCallback(trainer)
+    trainer.add_callback(callback)
+    result = trainer.train(resume_from_checkpoint=resume_path)
+
+    final_dir = local_root / "final"
+    trainer.save_model(str(final_dir))  # every rank joins (DeepSpeed ZeRO-3 gathers weights); rank 0 writes
+    metrics = {**callback.last_metrics, **{k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+    metrics.update(step=trainer.state.global_step, train_samples=len(train_data), train_tokens_per_epoch=train_data.num_tokens)
+    if eval_data is not None:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    final_dir.mkdir(parents=True, exist_ok=True)
+    if context.get_world_rank() == 0:
+        tokenizer.save_pretrained(str(final_dir))
+        write_history(trainer.state.log_history, final_dir / "trainer_log.jsonl")
+        (final_dir / "all_results.json").write_text(json.dumps(metrics, indent=2))
+        (final_dir / FINAL_MARKER).write_text(json.dumps({"metrics": metrics}))
+    ray.train.report(metrics={**metrics, "final": 1.0}, checkpoint=ray.train.Checkpoint.from_directory(str(final_dir)))
+    shutil.rmtree(local_root, ignore_errors=True)
