@@ -330,3 +330,13 @@ def test_template_is_frozen(tok):
     assert isinstance(tpl, Template)
     with pytest.raises(AttributeError):
         tpl.name = "x"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED) + ["auto"])
+def test_encode_batch_equals_encode_one_by_one(name):
+    tok = make_tokenizer(chat_template=CHATML_JINJA) if name == "auto" else make_tokenizer()
+    tpl = get_template(name, tok)
+    conversations = [CONV, CONV[1:3], CONV[:1] + CONV[3:5], CONV]
+    for cutoff in (None, 40):
+        batch = tpl.encode_batch(tok, conversations, cutoff_len=cutoff)
+        assert batch == [tpl.encode(tok, c, cutoff_len=cutoff) for c in conversations]
