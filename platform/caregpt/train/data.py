@@ -72,9 +72,12 @@ class PadCollator:
     produce NaN in SDPA) and carry label IGNORE_INDEX.
     """
 
-    def __init__(self, pad_token_id: int, pad_multiple: int = 1):
+    def __init__(self, pad_token_id: int, pad_multiple: int = 1, varlen_attention: bool = False):
         self.pad_token_id = pad_token_id
         self.pad_multiple = max(1, pad_multiple)
+        # FlashAttention finds packed samples from restarting position_ids (varlen kernels) and
+        # takes no 4-D mask; SDPA / eager need the explicit block-diagonal mask
+        self.varlen_attention = varlen_attention
 
     def _width(self, rows: list[np.ndarray]) -> int:
         longest = max(len(r) for r in rows)
@@ -96,7 +99,10 @@ class PadCollator:
         if "seq_lens" not in features[0]:
             out["attention_mask"] = attention
             return out
-        out["position_ids"], out["attention_mask"] = self._packed_mask(features, width)
+        positions, mask = self._packed_mask(features, width)
+        out["position_ids"] = positions
+        if not self.varlen_attention:
+            out["attention_mask"] = mask
         return out
 
     @staticmethod

@@ -108,7 +108,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         args=args,
         train_dataset=train_data,
         eval_dataset=eval_data,
-        data_collator=PadCollator(tokenizer.pad_token_id, pad_multiple=8 if use_gpu else 1),
+        data_collator=PadCollator(
+            tokenizer.pad_token_id,
+            pad_multiple=8 if use_gpu else 1,
+            varlen_attention=config.model.attn_implementation.startswith("flash_attention"),
+        ),
         processing_class=tokenizer,
     )
     callback = RayReportCallback(trainer)
