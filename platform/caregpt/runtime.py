@@ -6,6 +6,7 @@ import logging
 import os
 
 logger = logging.getLogger(__name__)
+MIN_LOCAL_CPUS = 4
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -26,7 +27,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         logger.info("joining the Ray cluster at %s", target)
         ray.init(address=target, **kwargs)
     else:
-        logger.info("starting an embedded local Ray (num_cpus=%s)", num_cpus or "all")
+        # Logical CPUs are scheduling tokens, not threads: read tasks, tokenizer actors and training
+        # workers must be able to co-exist on a 2-core laptop, or a pipeline can wait on itself.
+        num_cpus = num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS)
+        logger.info("starting an embedded local Ray (num_cpus=%s)", num_cpus)
         # the dashboard pulls extra processes a laptop run does not need; a cluster has its own
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("CAREGPT_PROGRESS", "1") == "1"

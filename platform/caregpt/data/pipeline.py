@@ -196,7 +196,8 @@ def tokenize_records(records, config: RunConfig, plan: DataPlan, tokenizer_path:
 def _actor_pool(size: int):
     import ray.data
 
-    return ray.data.ActorPoolStrategy(size=max(1, size))
+    # an elastic pool: it never holds every CPU while upstream read tasks still wait to run
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, size))
 
 
 def build_token_dataset(config: RunConfig, tokenizer_path: str, num_workers: int | None = None):

@@ -47,16 +47,19 @@ def _storage(config: RunConfig, output_dir: Path) -> str:
 
 
 def _resources(config: RunConfig) -> tuple[dict[str, float] | None, int | None]:
-    """CPU runs: split this machine's CPUs across workers and use them as torch threads."""
+    """(resources per worker, torch threads per worker).
+
+    CPU runs without explicit resources reserve one logical CPU per worker and split this machine's
+    physical cores across the workers as torch threads (all workers of a local run share them).
+    """
     if config.ray.resources_per_worker:
         cpus = config.ray.resources_per_worker.get("CPU")
         return config.ray.resources_per_worker, int(cpus) if cpus else None
     if config.ray.use_gpu:
         return None, None
-    from caregpt.runtime import available_cpus
+    import os
 
-    cpus = max(1, available_cpus() // config.ray.num_workers)
-    return {"CPU": cpus}, cpus
+    return {"CPU": 1}, max(1, (os.cpu_count() or 1) // config.ray.num_workers)
 
 
 def preflight(config: RunConfig):
@@ -125,7 +128,8 @@ def collect_outputs(checkpoint, output_dir: Path, config: RunConfig, manifest: d
     output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as directory:
         for source in Path(directory).iterdir():
-            if source.name == FINAL_MARKER or not source.is_file():
+            # training_args.bin is a pickle; the resolved YAML config beside it says the same, safely
+            if source.name in (FINAL_MARKER, "training_args.bin") or not source.is_file():
                 continue
             partial = output_dir / (source.name + ".partial")
             shutil.copy2(source, partial)

@@ -32,8 +32,8 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_ratio=t.warmup_ratio,
-        warmup_steps=t.warmup_steps,
+        # transformers 5 folds the ratio into warmup_steps (a float < 1 means a fraction of all steps)
+        warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
@@ -45,7 +45,6 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
         data_seed=t.seed,
         fp16=t.fp16,
         bf16=t.bf16,
-        gradient_checkpointing=t.gradient_checkpointing,
         deepspeed=deepspeed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         report_to=[],
@@ -55,7 +54,6 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
         dataloader_pin_memory=use_gpu,
         ddp_find_unused_parameters=False,
         use_cpu=not use_gpu,
-        save_safetensors=True,
     )
 
 
