@@ -31,8 +31,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # workers must be able to co-exist on a 2-core laptop, or a pipeline can wait on itself.
         num_cpus = num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS)
         logger.info("starting an embedded local Ray (num_cpus=%s)", num_cpus)
-        # the dashboard pulls extra processes a laptop run does not need; a cluster has its own
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # the dashboard (on 127.0.0.1) shows the run, and Ray Train's own bookkeeping uses its state API
+        dashboard = os.environ.get("CAREGPT_DASHBOARD", "1") == "1"
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("CAREGPT_PROGRESS", "1") == "1"
 
 

@@ -23,6 +23,10 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
 
     t = config.train
     eval_steps = t.eval_steps or t.save_steps
+    fp16 = t.fp16 and use_gpu
+    if t.fp16 and not use_gpu:
+        # seed commands carry --fp16; float16 mixed precision needs a GPU, so a CPU run trains in fp32
+        logger.warning("fp16 requested on a CPU worker: training in float32 instead (bf16 works on CPU)")
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
@@ -43,7 +47,7 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
         eval_steps=eval_steps if has_eval else None,
         seed=t.seed,
         data_seed=t.seed,
-        fp16=t.fp16,
+        fp16=fp16,
         bf16=t.bf16,
         deepspeed=deepspeed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -69,6 +73,11 @@ def _restore(local_root: Path) -> tuple[str | None, dict | None]:
         shutil.copytree(directory, target, dirs_exist_ok=True)
     marker = target / FINAL_MARKER
     return str(target), (json.loads(marker.read_text()) if marker.is_file() else None)
+
+
+def _checkpoint_step(path: str | None) -> int:
+    state = Path(path) / "trainer_state.json" if path else None
+    return int(json.loads(state.read_text())["global_step"]) if state and state.is_file() else 0
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -99,7 +108,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = apply_finetuning(load_model(config, for_training=True), config)
     data = TokenDataset.from_parquet(loop_config["data_path"])
     train_data, eval_data = split_eval(data, config.data.val_size, config.train.seed)
-    deepspeed = build_deepspeed_config(config.ray.deepspeed, fp16=config.train.fp16, bf16=config.train.bf16)
+    deepspeed = build_deepspeed_config(config.ray.deepspeed, fp16=config.train.fp16 and use_gpu, bf16=config.train.bf16)
     args = training_arguments(config, str(local_root / "hf"), deepspeed, eval_data is not None, use_gpu)
     trainer = CareTrainer(
         model=model,
@@ -120,7 +129,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     final_dir = local_root / "final"
     trainer.save_model(str(final_dir))  # every rank joins (DeepSpeed ZeRO-3 gathers weights); rank 0 writes
     metrics = {**callback.last_metrics, **{k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}}
-    metrics.update(step=trainer.state.global_step, train_samples=len(train_data), train_tokens_per_epoch=train_data.num_tokens)
+    metrics.update(
+        step=trainer.state.global_step,
+        resumed_from_step=_checkpoint_step(resume_path),
+        train_samples=len(train_data),
+        train_tokens_per_epoch=train_data.num_tokens,
+    )
     if eval_data is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     final_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,133 @@
+"""Training on a real local Ray Train with the tiny model and the shared data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from caregpt.config.loader import ConfigError, load_config
+from caregpt.train.launch import run_training
+from tests.conftest import SHARED_REGISTRY
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _config(tmp_path, model, shared_data, **overrides):
+    values = {
+        "model_name_or_path": model,
+        "dataset": "toyhom_sft",
+        "dataset_dir": str(shared_data),
+        "dataset_info": str(SHARED_REGISTRY),
+        "template": "chatml",
+        "cutoff_len": 128,
+        "max_samples": 96,
+        "per_device_train_batch_size": 4,
+        "max_steps": 6,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "learning_rate": 2e-3,
+        "output_dir": str(tmp_path / "out"),
+        "tokenized_path": str(tmp_path.parent / f"tok-{overrides.get('stage', 'sft')}-{overrides.get('cutoff_len', 128)}-{overrides.get('max_samples', 96)}"),
+    }
+    values.update(overrides)
+    return load_config(None, {k: str(v) for k, v in values.items()})
+
+
+def _log(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(output_dir) / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _losses(output_dir) -> list[float]:
+    return [entry["loss"] for entry in _log(output_dir) if "loss" in entry]
+
+
+def test_full_sft_loss_goes_down_and_outputs_are_complete(ray_local, tiny_model, shared_data, tmp_path):
+    outcome = run_training(_config(tmp_path, tiny_model, shared_data, finetuning_type="full", max_steps=24, plot_loss="true", logging_steps=2))
+    out = outcome.output_dir
+    losses = _losses(out)
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    for name in ("model.safetensors", "tokenizer.json", "chat_template.jinja", "caregpt_config.yaml", "trainer_log.jsonl", "all_results.json", "training_loss.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin"))
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["step"] == 24 and results["records_used"] == 96 and results["records_rejected"] == 0
+    assert results["tokens_seen"] > 0 and results["resumed_from_step"] == 0
+    assert outcome.metrics["train_loss"] == pytest.approx(results["train_loss"])
+
+
+@pytest.mark.parametrize("finetuning", ["lora", "freeze", "qlora"])
+def test_each_finetuning_type_trains(ray_local, tiny_model, shared_data, tmp_path, finetuning):
+    extra = {"finetuning_type": "lora", "quantization_bit": 4} if finetuning == "qlora" else {"finetuning_type": finetuning}
+    if finetuning != "freeze":
+        extra["lora_target"] = "all"
+    outcome = run_training(_config(tmp_path, tiny_model, shared_data, num_layer_trainable=1, **extra))
+    files = {p.name for p in outcome.output_dir.iterdir()}
+    expected = "model.safetensors" if finetuning == "freeze" else "adapter_model.safetensors"
+    assert expected in files
+    losses = _losses(outcome.output_dir)
+    assert len(losses) == 6 and all(loss == loss and loss > 0 for loss in losses)  # finite, no NaN
+
+
+def test_pretraining_stage_on_shared_text(ray_local, tiny_model, shared_data, tmp_path):
+    outcome = run_training(_config(tmp_path, tiny_model, shared_data, stage="pt", dataset="medicalgpt_pt", finetuning_type="full", max_steps=12, logging_steps=3))
+    losses = _losses(outcome.output_dir)
+    assert losses[-1] < losses[0]
+
+
+def test_two_workers_match_one_worker_at_the_same_global_batch(ray_local, tiny_model, shared_data, tmp_path):
+    common = dict(finetuning_type="full", max_steps=4, per_device_train_batch_size=4)
+    one = run_training(_config(tmp_path / "one", tiny_model, shared_data, num_workers=1, gradient_accumulation_steps=2, **common))
+    two = run_training(_config(tmp_path / "two", tiny_model, shared_data, num_workers=2, gradient_accumulation_steps=1, **common))
+    a, b = _losses(one.output_dir), _losses(two.output_dir)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert abs(x - y) < 0.02 * abs(x), (a, b)
+
+
+def test_worker_killed_halfway_resumes_from_last_checkpoint(ray_local, tiny_model, shared_data, tmp_path):
+    import ray.util.state
+
+    config = _config(tmp_path, tiny_model, shared_data, finetuning_type="full", max_steps=40, save_steps=10, max_failures=1, cutoff_len=256, per_device_train_batch_size=8, max_samples=160)
+    holder: dict = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("outcome", run_training(config)), daemon=True)
+    thread.start()
+    storage = Path(config.train.output_dir) / "ray_storage"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(storage.glob("*/checkpoint_*")):
+        time.sleep(0.2)
+    assert list(storage.glob("*/checkpoint_*")), "no checkpoint appeared"
+    address = ray_local.get_runtime_context().gcs_address  # other Ray instances may share this machine
+    workers = ray.util.state.list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert workers, "no live training worker to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    outcome = holder["outcome"]
+    steps = [entry["step"] for entry in _log(outcome.output_dir) if "loss" in entry]
+    assert steps == list(range(1, 41)), steps  # no gap, no repeat, no restart from 0
+    assert outcome.metrics["step"] == 40
+    assert outcome.metrics["resumed_from_step"] in (10, 20, 30)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model_name_or_path": "/nonexistent/model"}, "does not exist"),
+        ({"lora_target": "q_prj"}, "matches no module"),
+        ({"dataset": "medicalgpt_pt"}, "needs instruction data"),
+        ({"cutoff_len": 99999}, "max_position_embeddings"),
+    ],
+)
+def test_bad_input_fails_before_any_worker(tiny_model, shared_data, tmp_path, overrides, message):
+    config = _config(tmp_path, tiny_model, shared_data, **overrides)
+    start = time.time()
+    with pytest.raises(ConfigError, match=message):
+        run_training(config)
+    assert time.time() - start < 30
+    assert not (tmp_path / "out" / "ray_storage").exists()
