@@ -278,3 +278,34 @@ def test_local_two_node_cluster(cluster_env):
     timings["total"] = time.monotonic() - t0
     print("\nlocal cluster timings (s): "
           + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+
+
+def test_ray_job_submit_trains_on_the_cluster(cluster_env, tiny_model, shared_data, tmp_path):
+    """`ray job submit` of jobs/train.py against a real `ray start --head` finishes with SUCCEEDED."""
+    import yaml
+
+    env, tmp = cluster_env["env"], cluster_env["tmp"]
+    started = _run(["bash", START], env, timeout=150)
+    assert started.returncode == 0, _show(started)
+    job_env = {**env, **_read_env_file(tmp / "cluster.env")}
+    job_env.pop("RAY_AUTH_TOKEN", None)
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(shared_data),
+        "dataset_info": str(REPO / "examples" / "registries" / "shared_data.json"), "template": "chatml",
+        "cutoff_len": 128, "max_samples": 32, "finetuning_type": "lora", "lora_target": "all",
+        "per_device_train_batch_size": 4, "max_steps": 3, "logging_steps": 1, "save_steps": 100,
+        "output_dir": str(out), "tokenized_path": str(tmp_path / "tok"),
+    }))
+    ray = str(cluster_env["ray_bin"])
+    dash = f"http://127.0.0.1:{cluster_env['dash_port']}"
+    submission = f"caregpt-test-{os.getpid()}"
+    submitted = _run([ray, "job", "submit", "--address", dash, "--submission-id", submission,
+                      "--runtime-env", REPO / "cluster" / "runtime_env.yaml", "--working-dir", REPO,
+                      "--", "python", "jobs/train.py", config], job_env, timeout=600)
+    assert submitted.returncode == 0, _show(submitted)
+    assert "training finished" in submitted.stdout  # the job's logs were followed to the end
+    status = _run([ray, "job", "status", "--address", dash, submission], job_env, timeout=60)
+    assert "SUCCEEDED" in status.stdout, _show(status)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "trainer_log.jsonl").is_file()

@@ -91,6 +91,15 @@ def test_two_workers_match_one_worker_at_the_same_global_batch(ray_local, tiny_m
         assert abs(x - y) < 0.02 * abs(x), (a, b)
 
 
+def _registered_checkpoints(storage: Path) -> int:
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (ValueError, KeyError):
+            return 0  # being written right now
+    return 0
+
+
 def test_worker_killed_halfway_resumes_from_last_checkpoint(ray_local, tiny_model, shared_data, tmp_path):
     import ray.util.state
 
@@ -100,9 +109,9 @@ def test_worker_killed_halfway_resumes_from_last_checkpoint(ray_local, tiny_mode
     thread.start()
     storage = Path(config.train.output_dir) / "ray_storage"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(storage.glob("*/checkpoint_*")):
-        time.sleep(0.2)
-    assert list(storage.glob("*/checkpoint_*")), "no checkpoint appeared"
+    while time.time() < deadline and not _registered_checkpoints(storage):
+        time.sleep(0.2)  # the kill must come after Ray Train registered a checkpoint, not just wrote one
+    assert _registered_checkpoints(storage), "no checkpoint was registered"
     address = ray_local.get_runtime_context().gcs_address  # other Ray instances may share this machine
     workers = ray.util.state.list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert workers, "no live training worker to kill"
