@@ -140,3 +140,10 @@ def test_bad_input_fails_before_any_worker(tiny_model, shared_data, tmp_path, ov
         run_training(config)
     assert time.time() - start < 30
     assert not (tmp_path / "out" / "ray_storage").exists()
+
+
+def test_deepspeed_zero2_on_two_cpu_workers(ray_local, tiny_model, shared_data, tmp_path):
+    outcome = run_training(_config(tmp_path, tiny_model, shared_data, finetuning_type="full", deepspeed=2, num_workers=2, max_steps=4, learning_rate=1e-3))
+    losses = _losses(outcome.output_dir)
+    assert len(losses) == 4 and all(loss == loss for loss in losses)
+    assert (outcome.output_dir / "model.safetensors").is_file()

@@ -93,6 +93,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from caregpt.train.trainer import CareTrainer, RayReportCallback, write_history
 
     config = config_from_json(loop_config["config"])
+    # Ray Train logs every report at INFO; our progress line already says what matters per step
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     use_gpu = config.ray.use_gpu
     if not use_gpu and loop_config.get("threads"):
