@@ -33,7 +33,8 @@ def _config(tmp_path, model, shared_data, **overrides):
         "save_steps": 100,
         "learning_rate": 2e-3,
         "output_dir": str(tmp_path / "out"),
-        "tokenized_path": str(tmp_path.parent / f"tok-{overrides.get('stage', 'sft')}-{overrides.get('cutoff_len', 128)}-{overrides.get('max_samples', 96)}"),
+        # one tokenized copy per data shape, shared by the tests of this module
+        "tokenized_path": str(tmp_path.parent / "tok-{}-{}-{}-{}-{}".format(*(overrides.get(k, "") for k in ("stage", "dataset", "cutoff_len", "max_samples", "packing")))),
     }
     values.update(overrides)
     return load_config(None, {k: str(v) for k, v in values.items()})
@@ -147,3 +148,13 @@ def test_deepspeed_zero2_on_two_cpu_workers(ray_local, tiny_model, shared_data, 
     losses = _losses(outcome.output_dir)
     assert len(losses) == 4 and all(loss == loss for loss in losses)
     assert (outcome.output_dir / "model.safetensors").is_file()
+
+
+def test_packing_then_a_new_lora_on_top_of_the_first(ray_local, tiny_model, shared_data, tmp_path):
+    first = run_training(_config(tmp_path / "a", tiny_model, shared_data, finetuning_type="lora", lora_target="all", packing="true", cutoff_len=256, max_steps=4))
+    results = json.loads((first.output_dir / "all_results.json").read_text())
+    assert results["train_samples"] < 96  # rows hold several packed samples
+    # CareGPT's DPO-after-SFT pattern: merge the SFT adapter, train a fresh one
+    second = run_training(_config(tmp_path / "b", tiny_model, shared_data, finetuning_type="lora", lora_target="all", checkpoint_dir=str(first.output_dir), resume_lora_training="false", max_steps=2))
+    assert (second.output_dir / "adapter_model.safetensors").is_file()
+    assert len(_losses(second.output_dir)) == 2
