@@ -179,7 +179,34 @@ class FinetuneArgs(_Spec):
     """DPO loss variant."""
 
     reward_model: str | None = None
-    """PPO: path of the reward model trained by the rm stage."""
+    """PPO: path of the reward model trained by the rm stage (a sequence-classification model or adapter dir)."""
+
+    reward_function: str | None = None
+    """PPO: a named rule reward instead of a reward model (see `caregpt.train.rewards`)."""
+
+    ppo_epochs: int = 2
+    """PPO: optimisation passes over each batch of generated experience."""
+
+    ppo_clip_range: float = 0.2
+    """PPO: policy ratio clipping epsilon."""
+
+    ppo_value_clip: float = 0.2
+    """PPO: value-function clipping range."""
+
+    ppo_kl_coef: float = 0.05
+    """PPO: initial coefficient of the per-token KL penalty to the reference model."""
+
+    ppo_target_kl: float | None = 6.0
+    """PPO: target KL for the adaptive KL controller (None keeps the coefficient fixed)."""
+
+    ppo_gamma: float = 1.0
+    """PPO: discount factor for GAE."""
+
+    ppo_lambda: float = 0.95
+    """PPO: GAE lambda."""
+
+    ppo_temperature: float = 1.0
+    """PPO: sampling temperature while generating experience."""
 
     @field_validator("lora_target", mode="before")
     @classmethod
