@@ -155,7 +155,7 @@ def _merge_adapters(model: nn.Module, adapters: list[str]) -> nn.Module:
     return model
 
 
-def _lora_config(config: Any):
+def _lora_config(config: Any, reward_head: bool = False):
     from peft import LoraConfig, TaskType
 
     ft = config.finetune
@@ -167,7 +167,8 @@ def _lora_config(config: Any):
         lora_dropout=ft.lora_dropout,
         target_modules="all-linear" if [t.lower() for t in targets] == ["all"] else targets,
         bias="none",
-        task_type=TaskType.CAUSAL_LM,
+        # SEQ_CLS makes peft train and save the new score head along with the adapters
+        task_type=TaskType.SEQ_CLS if reward_head else TaskType.CAUSAL_LM,
     )
 
 
@@ -187,7 +188,7 @@ def _apply_lora(model: nn.Module, config: Any, resume_from: str | None) -> nn.Mo
         logger.info("resuming LoRA training from %s", resume_from)
         return model
     with _quiet_peft():
-        return get_peft_model(model, _lora_config(config))
+        return get_peft_model(model, _lora_config(config, reward_head=hasattr(model, "score")))
 
 
 def _apply_freeze(model: nn.Module, config: Any) -> nn.Module:
@@ -200,6 +201,8 @@ def _apply_freeze(model: nn.Module, config: Any) -> nn.Module:
     for block in layers[len(layers) - n :]:
         for param in block.parameters():
             param.requires_grad = True
+    for param in getattr(model, "score", nn.Identity()).parameters():
+        param.requires_grad = True  # a reward model's new head always trains
     logger.info("freeze: training the last %d of %d blocks in %s", n, len(layers), name)
     return model
 

@@ -231,10 +231,14 @@ def _fix_bnb_cpu_inference(model: PreTrainedModel, for_training: bool) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_model(config: Any, *, for_training: bool = True, device: str | None = None) -> PreTrainedModel:
-    """The base model from config.model, on `device` (default: cuda if available, else cpu)."""
+def load_model(config: Any, *, for_training: bool = True, device: str | None = None, reward_head: bool = False) -> PreTrainedModel:
+    """The base model from config.model, on `device` (default: cuda if available, else cpu).
+
+    reward_head: load it as a sequence classifier with one output (the rm stage's reward model);
+    the new `score` head is initialised here and trained with the adapters.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     source, local = resolve_model_source(config)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -253,7 +257,13 @@ def load_model(config: Any, *, for_training: bool = True, device: str | None = N
         kwargs["quantization_config"], kwargs["dtype"] = _quantization_config(config, dev)
         kwargs["device_map"] = {"": str(dev)}  # bitsandbytes quantises while loading, straight onto the device
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        if reward_head:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
+            if model.config.pad_token_id is None:
+                # the classifier reads the score at the last non-pad token, so it must know the pad id
+                model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else (model.config.eos_token_id or [0])[0]
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ImportError as exc:  # bitsandbytes / flash-attn missing or unusable on this machine
         raise ConfigError(f"cannot load {source!r} with these settings: {exc}") from None
     if mc.quantization_bit:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # Keys that do not change what is trained: changing them must not start a new run.
 OPERATIONAL_KEYS = {"overwrite_output_dir", "ray_address", "max_failures", "num_to_keep", "storage_path", "save_total_limit", "plot_loss", "overwrite_cache", "preprocessing_num_workers", "report_to", "do_train", "logging_steps"}
-SUPPORTED_STAGES = ("pt", "sft")
+SUPPORTED_STAGES = ("pt", "sft", "rm", "dpo", "ppo")
 
 
 @dataclass
@@ -70,6 +70,10 @@ def preflight(config: RunConfig):
     if config.finetune.stage not in SUPPORTED_STAGES:
         raise ConfigError(f"stage {config.finetune.stage!r} is not available in this release; stages that train now: {', '.join(SUPPORTED_STAGES)}")
     facts = validate_model(config)
+    if config.finetune.stage == "ppo":
+        from caregpt.train.rewards import validate_reward
+
+        validate_reward(config)
     plan = plan_data(config)
     output_dir = Path(config.train.output_dir).resolve()
     if (output_dir / "all_results.json").exists() and not config.train.overwrite_output_dir:

@@ -20,7 +20,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
-LOG_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+# HF's own bookkeeping that is not a training signal; everything else numeric goes to Ray
+SKIPPED_LOG_KEYS = {"total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 
 class CareTrainer(Trainer):
@@ -47,6 +48,10 @@ class CareTrainer(Trainer):
                 lengths=dataset.lengths.tolist(),
             )
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # evaluation order does not matter, and HF's length grouping there needs a `datasets` column
+        return torch.utils.data.SequentialSampler(eval_dataset)
 
 
 def _all_ranks_sum(value: int, device: torch.device) -> int:
@@ -79,7 +84,7 @@ class RayReportCallback(TrainerCallback):
         logs = dict(logs or {})
         now = time.perf_counter()
         tokens = _all_ranks_sum(self.trainer.real_tokens, args.device)
-        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and (k in LOG_KEYS or k.startswith("eval_"))}
+        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k not in SKIPPED_LOG_KEYS}
         metrics["step"] = state.global_step
         if "loss" in logs:
             metrics["tokens_seen"] = self.tokens_offset + tokens

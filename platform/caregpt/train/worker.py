@@ -75,6 +75,48 @@ def _restore(local_root: Path) -> tuple[str | None, dict | None]:
     return str(target), (json.loads(marker.read_text()) if marker.is_file() else None)
 
 
+def make_trainer(config, model, tokenizer, args, train_data, eval_data, use_gpu: bool):
+    """The stage's trainer: causal LM for pt / sft, pairwise for rm / dpo (train/preference.py)."""
+    from caregpt.train.data import PadCollator
+    from caregpt.train.preference import DPOTrainer, PairCollator, RewardTrainer
+    from caregpt.train.trainer import CareTrainer
+
+    pad_multiple = 8 if use_gpu else 1
+    common = dict(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, processing_class=tokenizer)
+    stage = config.finetune.stage
+    if stage == "rm":
+        return RewardTrainer(data_collator=PairCollator(tokenizer.pad_token_id, pad_multiple), **common)
+    if stage == "dpo":
+        return DPOTrainer(
+            data_collator=PairCollator(tokenizer.pad_token_id, pad_multiple),
+            beta=config.finetune.dpo_beta,
+            loss_type=config.finetune.dpo_loss,
+            **common,
+        )
+    collator = PadCollator(
+        tokenizer.pad_token_id,
+        pad_multiple=pad_multiple,
+        varlen_attention=config.model.attn_implementation.startswith("flash_attention"),
+    )
+    return CareTrainer(data_collator=collator, **common)
+
+
+def save_final_model(trainer, final_dir: Path, stage: str, rank: int) -> None:
+    """The trained weights, as later steps load them.
+
+    A LoRA reward model is merged into a standalone sequence-classification model, so PPO and eval
+    load it by path like any other reward model; everything else saves as trained (adapter or model).
+    """
+    from caregpt.models.adapters import is_quantized
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if stage == "rm" and hasattr(model, "merge_and_unload") and not is_quantized(model) and not trainer.is_deepspeed_enabled:
+        if rank == 0:
+            model.merge_and_unload().save_pretrained(str(final_dir))
+        return
+    trainer.save_model(str(final_dir))  # every rank joins (DeepSpeed ZeRO-3 gathers weights); rank 0 writes
+
+
 def _checkpoint_step(path: str | None) -> int:
     state = Path(path) / "trainer_state.json" if path else None
     return int(json.loads(state.read_text())["global_step"]) if state and state.is_file() else 0
@@ -89,8 +131,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from caregpt.data.tokenize import load_tokenizer
     from caregpt.models.adapters import apply_finetuning
     from caregpt.models.loader import load_model
-    from caregpt.train.data import PadCollator, TokenDataset, split_eval
-    from caregpt.train.trainer import CareTrainer, RayReportCallback, write_history
+    from caregpt.train.data import TokenDataset, split_eval
+    from caregpt.train.trainer import RayReportCallback, write_history
 
     config = config_from_json(loop_config["config"])
     # Ray Train logs every report at INFO; our progress line already says what matters per step
@@ -106,30 +148,29 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics=final["metrics"], checkpoint=ray.train.Checkpoint.from_directory(resume_path))
         return
 
+    stage = config.finetune.stage
+    if stage == "ppo":
+        from caregpt.train.ppo import ppo_loop
+
+        ppo_loop(config, loop_config)
+        return
+
     tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
-    model = apply_finetuning(load_model(config, for_training=True), config)
+    model = apply_finetuning(load_model(config, for_training=True, reward_head=stage == "rm"), config)
     data = TokenDataset.from_parquet(loop_config["data_path"])
     train_data, eval_data = split_eval(data, config.data.val_size, config.train.seed)
     deepspeed = build_deepspeed_config(config.ray.deepspeed, fp16=config.train.fp16 and use_gpu, bf16=config.train.bf16)
     args = training_arguments(config, str(local_root / "hf"), deepspeed, eval_data is not None, use_gpu)
-    trainer = CareTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=PadCollator(
-            tokenizer.pad_token_id,
-            pad_multiple=8 if use_gpu else 1,
-            varlen_attention=config.model.attn_implementation.startswith("flash_attention"),
-        ),
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(config, model, tokenizer, args, train_data, eval_data, use_gpu)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our progress line replaces HF's raw log dicts
     callback = RayReportCallback(trainer)
     trainer.add_callback(callback)
     result = trainer.train(resume_from_checkpoint=resume_path)
 
     final_dir = local_root / "final"
-    trainer.save_model(str(final_dir))  # every rank joins (DeepSpeed ZeRO-3 gathers weights); rank 0 writes
+    save_final_model(trainer, final_dir, stage, context.get_world_rank())
     metrics = {**callback.last_metrics, **{k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}}
     metrics.update(
         step=trainer.state.global_step,
@@ -137,7 +178,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         train_samples=len(train_data),
         train_tokens_per_epoch=train_data.num_tokens,
     )
-    if eval_data is not None:
+    if stage in ("rm", "dpo"):
+        # pairwise accuracy / margins: on the held-out pairs, or on the training pairs without a split
+        prefix = "eval" if eval_data is not None else "train_pairs"
+        scores = trainer.evaluate(eval_dataset=eval_data if eval_data is not None else train_data)
+        metrics.update({k.replace("eval", prefix, 1): float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+    elif eval_data is not None:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     final_dir.mkdir(parents=True, exist_ok=True)
     if context.get_world_rank() == 0:
