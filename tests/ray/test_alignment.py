@@ -66,11 +66,12 @@ def test_seed_dpo_command_after_sft(ray_local, tiny_model, shared_data, tmp_path
         --template chatml --finetuning_type lora --lora_target q_proj,v_proj --resume_lora_training False
         --checkpoint_dir {sft.output_dir} --output_dir {tmp_path / 'dpo'} --per_device_train_batch_size 2
         --gradient_accumulation_steps 4 --lr_scheduler_type cosine --logging_steps 2 --save_steps 1000
-        --learning_rate 5e-3 --max_steps 16 --plot_loss --fp16 --cutoff_len 256""")
+        --learning_rate 1e-2 --max_steps 16 --plot_loss --fp16 --cutoff_len 256""")
     done = subprocess.run([str(Path(sys.executable).parent / "caregpt"), "train", *argv], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     log = [e for e in _log(tmp_path / "dpo") if "rewards_margin" in e]
-    assert log[-1]["rewards_margin"] > log[0]["rewards_margin"] + 0.2, log
+    assert log[-1]["rewards_margin"] > log[0]["rewards_margin"] + 0.1, log
+    assert log[0]["loss"] < 0.8  # a mean per pair (about log 2 at the start), not a sum over accumulation steps
     results = json.loads((tmp_path / "dpo" / "all_results.json").read_text())
     assert results["train_pairs_rewards_accuracy"] > 0.6
     # the DPO adapter loads on the base model and generates

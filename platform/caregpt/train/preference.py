@@ -36,7 +36,12 @@ class PairCollator:
 
 
 class _StatsMixin:
-    """Averages per-step statistics (accuracy, margins) into the Trainer's own log lines."""
+    """Averages per-step statistics (accuracy, margins) into the Trainer's own log lines.
+
+    These trainers return a per-micro-batch MEAN loss; the Trainer divides it by
+    gradient_accumulation_steps only when it believes the model takes no loss kwargs, so each
+    __init__ says so after the Trainer's own __init__ guessed otherwise.
+    """
 
     def _record(self, **values: torch.Tensor) -> None:
         prefix = "" if self.model.training else "eval_"
@@ -56,6 +61,7 @@ class RewardTrainer(_StatsMixin, CareTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
         self._stats: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
@@ -92,6 +98,7 @@ class DPOTrainer(_StatsMixin, CareTrainer):
 
     def __init__(self, *args: Any, beta: float = 0.1, loss_type: str = "sigmoid", **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
         self._stats = defaultdict(list)
         self.beta, self.loss_type = beta, loss_type
         self.reference = None
