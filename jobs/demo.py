@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     answer = generate_answer(str(sft_dir), QUESTION)
     print(f"    Q: {QUESTION}\n    A: {answer}")
     done(t)
-    print("\nDemo finished: a tiny model, so expect fluent-looking but unreliable medicine. Outputs are in", work)
+    print("\nDemo finished: a model of one million parameters trained for minutes: expect the style of an answer, not reliable medicine. Outputs are in", work)
     return 0
 
 
@@ -114,7 +114,7 @@ def generate_answer(model_dir: str, question: str, max_new_tokens: int = 48) -> 
     template = get_template("chatml", tokenizer)
     ids = template.encode_prompt(tokenizer, [{"role": "user", "content": question}])
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.3)
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.3, no_repeat_ngram_size=3)
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
