@@ -184,7 +184,9 @@ def tokenize_records(records, config: RunConfig, plan: DataPlan, tokenizer_path:
             cutoff_len=config.data.cutoff_len,
             trust_remote_code=config.model.trust_remote_code,
         ),
-        batch_size=512,
+        # one block per call: Ray fuses the read stage into this actor stage, and a row batch size
+        # would be counted in READ TASKS, putting a whole corpus into a single actor call
+        batch_size=None,
         batch_format="numpy",
         compute=_actor_pool(workers),
     )

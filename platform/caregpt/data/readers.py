@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 LINE_FORMATS = (".jsonl", ".txt")
-MAX_TASK_BYTES = 16 << 20
+MAX_TASK_BYTES = 4 << 20  # a read range is one block through the tokenizer stage: small enough to stream
 MIN_TASK_BYTES = 256 << 10
 MIN_TASKS_PER_FILE = 8  # enough ranges that every tokenizer worker gets work even for one mid-sized file
 

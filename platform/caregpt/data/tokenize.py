@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from caregpt.data.templates import IGNORE_INDEX, get_template
 
+CHUNK_ROWS = 512
 TOKEN_COLUMNS = {
     "text": ("input_ids", "labels"),
     "sft": ("input_ids", "labels"),
@@ -51,12 +52,12 @@ class BatchTokenizer:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         out: dict[str, list] = {name: [] for name in ("loc", "dataset", "length", "raw_length", "truncated", *TOKEN_COLUMNS[self.kind])}
-        if self.kind == "text":
-            self._text(batch, out)
-        elif self.kind == "sft":
-            self._sft(batch, out)
-        else:
-            self._pref(batch, out)
+        encode = {"text": self._text, "sft": self._sft, "pref": self._pref}[self.kind]
+        rows = len(batch["loc"])
+        # the pipeline hands over whole blocks (one read range each); the tokenizer still sees
+        # CHUNK rows per call, which bounds the memory of one call and keeps its batching efficient
+        for start in range(0, rows, CHUNK_ROWS):
+            encode({k: v[start : start + CHUNK_ROWS] for k, v in batch.items()}, out)
         return out
 
     def _text(self, batch: dict[str, Any], out: dict[str, list]) -> None:
