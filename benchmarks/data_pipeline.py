@@ -56,7 +56,8 @@ MEMORY_TARGET = 1.3
 # memory sampling
 # ---------------------------------------------------------------------------------------------
 def _pss(pid: int) -> int:
-    """Proportional set size from /proc/<pid>/smaps_rollup (shared pages split between sharers)."""
+    """Proportional set size from /proc/<pid>/smaps_rollup (shared pages split between sharers).
+    Expensive: the kernel walks the page tables (tens of ms for a Ray worker), so it is opt-in."""
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
             for line in handle:
@@ -68,16 +69,22 @@ def _pss(pid: int) -> int:
 
 
 class MemorySampler(threading.Thread):
-    """Peak of the summed RSS (and PSS) of this process, its descendants and the processes of our
-    own Ray session, sampled every `interval` seconds."""
+    """Peak of the summed RSS of this process, its descendants and the processes of our own Ray
+    session, sampled every `interval` seconds; CPU time of the same processes.
 
-    def __init__(self, interval: float = 0.2, with_pss: bool = True):
+    Kept cheap, because it runs inside the measured process on a 2-core machine: each tick reads
+    /proc/PID/stat(m) of the known processes; the walk of the process table (our descendants, and
+    every command line naming our Ray session dir) runs once per scan_interval; PSS only when asked.
+    """
+
+    def __init__(self, interval: float = 0.2, pss_interval: float = 0.0, scan_interval: float = 1.0):
         import psutil
 
         super().__init__(daemon=True, name="memory-sampler")
         self.psutil = psutil
         self.interval = interval
-        self.with_pss = with_pss
+        self.pss_interval = pss_interval
+        self.scan_interval = scan_interval
         self.root = psutil.Process()
         self.markers: list[str] = []  # session dirs of our own ray.init
         self.peak_rss = 0
@@ -85,15 +92,20 @@ class MemorySampler(threading.Thread):
         self.peak_breakdown: dict[str, int] = {}
         self.peak_processes = 0
         self.samples = 0
+        self.busy_seconds = 0.0  # wall time spent sampling (its own overhead)
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._labels: dict[int, str] = {}
         self._cpu: dict[int, float] = {}  # last seen user+system CPU seconds per process
         self._cpu_label: dict[int, str] = {}
+        self._session_roots: dict[int, Any] = {}  # processes found by the session-dir scan
+        self._known: dict[int, Any] = {}  # the processes measured on each tick
+        self._last_scan = 0.0
+        self._last_pss = 0.0
         self._root_cmdline = self.root.cmdline()
 
     def _label(self, proc) -> str:
-        """Which kind of process, for the breakdown at the peak (cached per pid)."""
+        """Which kind of process, for the breakdowns (cached per pid once it is final)."""
         label = self._labels.get(proc.pid)
         if label is None:
             name = proc.name()
@@ -106,57 +118,65 @@ class MemorySampler(threading.Thread):
             elif proc.cmdline() == self._root_cmdline:
                 label = "forked children"
             elif any("/ray/" in part for part in proc.cmdline()):
-                label = "ray agents"
+                label = "ray agents"  # or a Ray worker not yet renamed: not cached
             else:
                 label = name
             if label in ("driver", "raylet", "gcs_server", "ray workers", "forked children"):
                 self._labels[proc.pid] = label
         return label
 
-    def _processes(self) -> dict[int, Any]:
+    def _processes(self, now: float) -> dict[int, Any]:
+        """The processes to measure: re-discovered once per scan_interval (walking the process table
+        costs milliseconds), the known ones re-read on every tick."""
         psutil = self.psutil
-        procs = {self.root.pid: self.root}
-        try:
-            for child in self.root.children(recursive=True):
-                procs[child.pid] = child
-        except psutil.Error:
-            pass
+        if now - self._last_scan < self.scan_interval and self._known:
+            return self._known
+        self._last_scan = now
         if self.markers:
             for proc in psutil.process_iter(["cmdline"]):
-                if proc.pid in procs:
-                    continue
                 cmdline = " ".join(proc.info.get("cmdline") or [])
                 if any(marker in cmdline for marker in self.markers):
-                    procs[proc.pid] = proc
-                    try:
-                        for child in proc.children(recursive=True):
-                            procs[child.pid] = child
-                    except psutil.Error:
-                        pass
+                    self._session_roots.setdefault(proc.pid, proc)
+        procs = {self.root.pid: self.root}
+        for root in [self.root, *self._session_roots.values()]:
+            procs.setdefault(root.pid, root)
+            try:
+                for child in root.children(recursive=True):
+                    procs.setdefault(child.pid, self._known.get(child.pid, child))
+            except psutil.Error:
+                pass
+        self._known = procs
         return procs
 
     def sample(self) -> None:
         with self._lock:
-            self._sample()
+            started = time.perf_counter()
+            self._sample(started)
+            self.busy_seconds += time.perf_counter() - started
 
-    def _sample(self) -> None:
+    def _sample(self, now: float) -> None:
         psutil = self.psutil
         rss_total = pss_total = 0
         breakdown: dict[str, int] = {}
         counted = 0
-        for pid, proc in self._processes().items():
+        with_pss = self.pss_interval > 0 and now - self._last_pss >= self.pss_interval
+        if with_pss:
+            self._last_pss = now
+        for pid, proc in self._processes(now).items():
             try:
                 rss = proc.memory_info().rss
                 times = proc.cpu_times()
                 label = self._label(proc)
-                self._cpu[pid] = times.user + times.system
-                self._cpu_label[pid] = label
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                self._session_roots.pop(pid, None)
+                self._last_scan = 0.0  # something ended: look for new processes on the next tick
                 continue
+            self._cpu[pid] = times.user + times.system
+            self._cpu_label[pid] = label
             counted += 1
             rss_total += rss
             breakdown[label] = breakdown.get(label, 0) + rss
-            if self.with_pss:
+            if with_pss:
                 pss_total += _pss(pid)
         self.samples += 1
         self.peak_pss = max(self.peak_pss, pss_total)
@@ -249,7 +269,7 @@ def _set_tokenizers_parallelism(value: str) -> None:
 
 
 def child_ray(spec: dict[str, Any]) -> dict[str, Any]:
-    sampler = MemorySampler(spec["interval"], spec["pss"])
+    sampler = MemorySampler(spec["interval"], spec["pss_interval"])
     sampler.start()
     _set_tokenizers_parallelism(spec["tokenizers_parallelism"])
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -304,7 +324,7 @@ def child_ray(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_datasets(spec: dict[str, Any]) -> dict[str, Any]:
-    sampler = MemorySampler(spec["interval"], spec["pss"])
+    sampler = MemorySampler(spec["interval"], spec["pss_interval"])
     sampler.start()
     _set_tokenizers_parallelism(spec["tokenizers_parallelism"])
     cache_dir = Path(tempfile.mkdtemp(prefix="hf-cache-", dir=spec["workdir"]))
@@ -354,6 +374,7 @@ def _memory(sampler: MemorySampler) -> dict[str, Any]:
         "peak_rss_bytes": sampler.peak_rss, "peak_pss_bytes": sampler.peak_pss or None,
         "peak_rss_breakdown": dict(sorted(sampler.peak_breakdown.items(), key=lambda kv: -kv[1])),
         "peak_processes": sampler.peak_processes, "memory_samples": sampler.samples,
+        "sampler_busy_seconds": round(sampler.busy_seconds, 2),
         "cpu_seconds": sampler.cpu_seconds,
     }
 
@@ -433,8 +454,9 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> dic
     by = aggregate(results)
     n, big = args.records, args.records * args.scale
     names = {"ray": f"caregpt ray ({args.workers} tokenizer actors)", "datasets": f"datasets map (num_proc={args.num_proc})"}
+    with_pss = any(r["peak_pss_bytes"] for r in by.values())
     header = (f"{'engine':<34}{'records':>9}{'runs':>5}{'tokens':>13}{'seconds':>9}{'tokens/s':>11}{'CPU s':>8}"
-              f"{'peak RSS MiB':>14}{'peak PSS MiB':>14}")
+              f"{'peak RSS MiB':>14}" + (f"{'peak PSS MiB':>14}" if with_pss else ""))
     print()
     if any(r["runs"] > 1 for r in by.values()):
         print("(medians over the runs)")
@@ -442,7 +464,7 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> dic
     print("-" * len(header))
     for (engine, size), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0] != "ray")):
         print(f"{names[engine]:<34}{size:>9,}{r['runs']:>5}{int(r['tokens']):>13,}{r['seconds']:>9.1f}{r['tokens_per_s']:>11,.0f}"
-              f"{r['cpu_seconds_timed']:>8.0f}{_mib(r['peak_rss_bytes']):>14}{_mib(r['peak_pss_bytes']):>14}")
+              f"{r['cpu_seconds_timed']:>8.1f}{_mib(r['peak_rss_bytes']):>14}" + (f"{_mib(r['peak_pss_bytes']):>14}" if with_pss else ""))
     print()
     for (engine, size), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0] != "ray")):
         if engine == "ray":
@@ -468,6 +490,10 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> dic
         summary.update(throughput_ratio=ratio, throughput_ratio_incl_ray_init=incl)
         print(f"throughput ratio (caregpt ray / datasets num_proc={args.num_proc}): {ratio:.2f}x (target >= {THROUGHPUT_TARGET:.1f}x)")
         print(f"  counting ray.init too: {incl:.2f}x")
+        efficiency = (ray_n["tokens"] / ray_n["cpu_seconds_timed"]) / (ds_n["tokens"] / ds_n["cpu_seconds_timed"])
+        summary["cpu_efficiency_ratio"] = efficiency
+        print(f"  tokens per CPU second, ray / datasets: {efficiency:.2f}x (on an idle machine both keep the cores "
+              "busy, so this bounds the throughput ratio)")
         pairs = [(a["tokens_per_s"] / b["tokens_per_s"]) for a, b in zip(
             [r for r in results if r["engine"] == "ray" and r["records"] == n],
             [r for r in results if r["engine"] == "datasets" and r["records"] == n])]
@@ -553,7 +579,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "torch collate starts from) or pyarrow (no per-row conversion) (default: numpy)")
     misc = parser.add_argument_group("measurement")
     misc.add_argument("--interval", type=float, default=0.2, help="memory sampling interval in seconds (default: 0.2)")
-    misc.add_argument("--no-pss", action="store_true", help="sample RSS only (PSS reads /proc/PID/smaps_rollup)")
+    misc.add_argument("--pss-interval", type=float, default=0.0, metavar="SECONDS",
+                      help="also sample the summed PSS (shared pages split between the processes that map them) "
+                           "every SECONDS; it reads /proc/PID/smaps_rollup, which costs tens of ms of kernel time per "
+                           "Ray process, so it perturbs the timing (default: 0, off)")
     misc.add_argument("--keep", action="store_true", help="keep the temp dir (corpora, tokenizer, per-run logs) and print its path")
     misc.add_argument("--verbose", action="store_true", help="show the measurement subprocesses' Ray / datasets output")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
@@ -596,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                     "block_mb": args.block_mb, "max_tasks_in_flight_per_actor": args.max_tasks_in_flight_per_actor,
                     "tokenizers_parallelism": args.tokenizers_parallelism, "iter_batch_size": args.iter_batch_size,
                     "iter_format": args.iter_format,
-                    "interval": args.interval, "pss": not args.no_pss, "workdir": str(workdir), "verbose": args.verbose,
+                    "interval": args.interval, "pss_interval": args.pss_interval, "workdir": str(workdir), "verbose": args.verbose,
                 }
                 result = run_child(spec, args.verbose)
                 result["load_after"] = os.getloadavg()[0]

@@ -675,40 +675,92 @@ def ensure_lf_venv(venv: Path, log_path: Path) -> Path:
     return python
 
 
+def _cpu_jiffies() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [float(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy_cpus(seconds: float = 2.0) -> float:
+    """How many CPUs the whole machine kept busy over the next `seconds`."""
+    busy0, _ = _cpu_jiffies()
+    time.sleep(seconds)
+    busy1, _ = _cpu_jiffies()
+    return (busy1 - busy0) / seconds
+
+
+def wait_for_quiet(max_wait: float, below: float) -> dict[str, Any]:
+    """Wait (at most max_wait s) until other processes use fewer than `below` CPUs; returns what was seen."""
+    start = time.perf_counter()
+    seen = busy_cpus()
+    while seen >= below and time.perf_counter() - start < max_wait:
+        seen = busy_cpus()
+    return {"waited_seconds": round(time.perf_counter() - start, 1), "busy_cpus_at_start": round(seen, 2)}
+
+
 def run_child(name: str, spec: dict[str, Any], workdir: Path, python: str | Path = sys.executable,
-              env_extra: dict[str, str] | None = None, timeout: float = 1800, verbose: bool = False) -> dict[str, Any]:
+              env_extra: dict[str, str] | None = None, timeout: float = 1800, verbose: bool = False,
+              tag: str = "", quiet_wait: float = 0.0, quiet_below: float = 0.3) -> dict[str, Any]:
     spec_path = workdir / f"spec_{name}.json"
     spec_path.write_text(json.dumps(spec))
-    log_path = workdir / f"log_{name}.txt"
+    log_path = workdir / f"log_{name}{tag}.txt"
     env = dict(os.environ, **(env_extra or {}))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = [str(python), str(Path(__file__).resolve()), "--_child", name, "--_spec", str(spec_path)]
-    start = time.perf_counter()
+    quiet = wait_for_quiet(quiet_wait, quiet_below) if quiet_wait > 0 else {}
+    print(f"[bench] {name} ... (log: {log_path})" + (f" after waiting {quiet['waited_seconds']:.0f}s for a quiet machine "
+          f"({quiet['busy_cpus_at_start']:.2f} CPUs busy)" if quiet.get("waited_seconds") else ""), flush=True)
     load_before = os.getloadavg()
-    print(f"[bench] {name} ... (log: {log_path})", flush=True)
+    busy0, _ = _cpu_jiffies()
+    own0 = _children_cpu()
+    start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
+        # own session: on a timeout the child and everything it started (its embedded Ray) are ended together
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE if verbose else log, stderr=subprocess.STDOUT, env=env,
+                                text=True, start_new_session=True)
         try:
             if verbose:
-                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
                 for line in proc.stdout:  # type: ignore[union-attr]
                     log.write(line)
                     sys.stdout.write(f"  {name}| {line}")
-                code = proc.wait(timeout=timeout)
-            else:
-                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+            code: int | str = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = "timeout"
+    elapsed = time.perf_counter() - start
+    busy = _cpu_jiffies()[0] - busy0
+    own = _children_cpu() - own0
     text = log_path.read_text(encoding="utf-8", errors="replace")
     results = [line[len(RESULT_TAG):] for line in text.splitlines() if line.startswith(RESULT_TAG)]
-    elapsed = time.perf_counter() - start
     if code != 0 or not results:
         tail = "\n".join(text.splitlines()[-25:])
         raise RuntimeError(f"{name} failed (exit {code}) after {elapsed:.0f}s; last lines of {log_path}:\n{tail}")
     result = json.loads(results[-1])
+    if isinstance(result.get("cpu_seconds_during_run_training"), dict):
+        # Ray's workers are reaped by the raylet, not by us: count them from the child's own sampling
+        own = max(own, sum(result["cpu_seconds_during_run_training"].values()))
+    result.update(quiet)
     result["child_seconds"] = round(elapsed, 1)
     result["loadavg_before"] = [round(x, 2) for x in load_before]
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(f"[bench] {name} done in {elapsed:.0f}s (load average {result['loadavg_after'][0]:.2f})", flush=True)
+    # what the rest of the machine used meanwhile: all busy CPU time minus this run's own (reaped) processes
+    result["machine_busy_cpus"] = round(busy / elapsed, 2)
+    result["other_cpus"] = round(max(0.0, busy - own) / elapsed, 2)
+    print(f"[bench] {name} done in {elapsed:.0f}s (other processes kept {result['other_cpus']:.2f} of {os.cpu_count()} CPUs busy; "
+          f"load average {result['loadavg_after'][0]:.2f})", flush=True)
     return result
 
 
@@ -726,18 +778,20 @@ ROW_LABELS = {
 AGGREGATED = ("useful_tokens_per_s", "padded_tokens_per_s", "useful_ratio", "step_seconds_mean")
 
 
-def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median over the rounds that ran (one round: that round's figures)."""
+def aggregate(rounds: list[dict[str, Any]], how: str) -> dict[str, Any]:
+    """One figure per system from its rounds: the fastest round (`best`) or the median of each figure."""
     ok = [r for r in rounds if "error" not in r]
     if not ok:
         return {"error": rounds[-1]["error"], "rounds": rounds}
-    out = dict(ok[0]) if len(ok) == 1 else {k: v for k, v in ok[0].items() if k not in AGGREGATED and not k.startswith("step_")}
-    if len(ok) > 1:
+    if how == "best" or len(ok) == 1:
+        out = dict(max(ok, key=lambda r: r["useful_tokens_per_s"]))
+    else:
+        out = {k: v for k, v in ok[0].items() if k not in AGGREGATED and not k.startswith("step_")}
         for key in AGGREGATED:
             values = [r[key] for r in ok if r.get(key) is not None]
             out[key] = statistics.median(values) if values else None
     out["rounds"] = rounds
-    out["per_round_useful_tokens_per_s"] = [None if "error" in r else round(r["useful_tokens_per_s"], 1) for r in rounds]
+    out["per_round"] = [None if "error" in r else (round(r["useful_tokens_per_s"], 1), r.get("other_cpus")) for r in rounds]
     return out
 
 
@@ -745,7 +799,13 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
     params = setup["num_parameters"]
     matmul_runs = results.get("matmul", [])
     matmul_flops = [f for run in matmul_runs for f in run["flops"]]
-    peak = statistics.median(matmul_flops) if matmul_flops else None
+    # the denominator follows --aggregate: the best measurement's median, or the median of every repetition
+    if not matmul_flops:
+        peak = None
+    elif args.aggregate == "best":
+        peak = max(run["flops_median"] for run in matmul_runs)
+    else:
+        peak = statistics.median(matmul_flops)
 
     def utilisation(tps: float | None) -> float | None:
         return 6 * params * tps / peak if (tps and peak) else None
@@ -757,16 +817,18 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
         if ray_run["step_useful_tokens"] == plain_run["step_useful_tokens"]:
             ray_run.update(padded_tokens=plain_run["padded_tokens"], padded_tokens_per_s=plain_run["padded_tokens"] / ray_run["timed_seconds"],
                            useful_ratio=plain_run["useful_ratio"], padded_from="plain run (identical per-step useful tokens)")
-    agg = {name: aggregate(runs) for name, runs in results.items() if name in ROW_LABELS}
+    agg = {name: aggregate(runs, args.aggregate) for name, runs in results.items() if name in ROW_LABELS}
     print()
     print(f"model bench34m: {params:,} parameters; data: {setup['records_used']} records, {setup['tokens']:,} tokens, "
           f"mean length {setup['length_mean']:.1f} (p50 {setup['length_percentiles']['50']:.0f}, max {setup['length_percentiles']['100']:.0f}); "
           f"batch {args.batch_size}, cutoff 1024, fp32, {args.threads} torch threads, {args.warmup} warm-up + {args.steps} timed steps"
-          + (f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
+          + (f"; {args.rounds} interleaved rounds, table = {'fastest round' if args.aggregate == 'best' else 'median'}" if args.rounds > 1 else ""))
     if peak:
-        print(f"fp32 matmul {args.matmul_size}x{args.matmul_size}: median {peak / 1e9:.1f} GFLOP/s over {len(matmul_flops)} reps "
+        print(f"fp32 matmul {args.matmul_size}x{args.matmul_size}: {peak / 1e9:.1f} GFLOP/s "
+              f"({'best measurement' if args.aggregate == 'best' else 'median of all reps'}; {len(matmul_flops)} reps) "
               f"(per measurement: {', '.join(format(run['flops_median'] / 1e9, '.1f') for run in matmul_runs)})")
-    header = f"{'system':36} {'useful tok/s':>12} {'padded tok/s':>12} {'useful/padded':>13} {'step s':>7} {'util':>6} {'grad ckpt':>9}"
+    header = (f"{'system':36} {'useful tok/s':>12} {'padded tok/s':>12} {'useful/padded':>13} {'step s':>7} {'util':>6} "
+              f"{'grad ckpt':>9} {'others CPU':>10}")
     print()
     print(header)
     print("-" * len(header))
@@ -780,12 +842,14 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
         u = utilisation(r["useful_tokens_per_s"])
         print(f"{label:36} {r['useful_tokens_per_s']:12.1f} {_fmt(r.get('padded_tokens_per_s'), '12.1f'):>12} "
               f"{_fmt(r.get('useful_ratio'), '13.3f'):>13} {r['step_seconds_mean']:7.3f} {_fmt(u * 100 if u else None, '5.1f') + '%':>6} "
-              f"{str(r.get('gradient_checkpointing', 'n/a')):>9}")
+              f"{str(r.get('gradient_checkpointing', 'n/a')):>9} {_fmt(r.get('other_cpus'), '10.2f'):>10}")
+    print(f"(others CPU: CPUs that other processes on this machine kept busy, on average, during that run; of {os.cpu_count()})")
     if args.rounds > 1:
         print()
         for name, label in ROW_LABELS.items():
             if name in agg:
-                print(f"  {label:36} per round: {agg[name].get('per_round_useful_tokens_per_s')}")
+                rounds_text = ", ".join("failed" if r is None else f"{r[0]:.1f} (others {_fmt(r[1], '.2f')})" for r in agg[name]["per_round"])
+                print(f"  {label:36} per round: {rounds_text}")
     print()
     summary: dict[str, Any] = {"matmul_flops_median": peak, "num_parameters": params,
                                "useful_tokens_per_s": {k: v.get("useful_tokens_per_s") for k, v in agg.items()}}
@@ -818,7 +882,7 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
             du = utilisation(dense["useful_tokens_per_s"]) if dense else None
             summary["utilisation_llamafactory"], summary["utilisation_dense"] = lfu, du
             print(f"caregpt useful-token FLOP/s / fp32 matmul FLOP/s: {u * 100:.1f}%  (target >= {TARGET_UTILISATION * 100:.0f}%)"
-                  f"  [{'meets' if u >= TARGET_UTILISATION else 'MISSES'} target]; here LLaMA-Factory {_fmt(lfu * 100 if lfu else None, '.1f')}%, "
+                  f"  [{'meets' if u >= TARGET_UTILISATION else 'MISSES'} target]; here LLaMA-Factory {_fmt(lfu * 100 if lfu else None, '.1f')}{'%' if lfu else ''}, "
                   f"dense step {_fmt(du * 100 if du else None, '.1f')}{'%' if du else ''}")
         if plain and good("caregpt"):
             overhead = plain["useful_tokens_per_s"] / base["useful_tokens_per_s"] - 1
@@ -832,8 +896,12 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
                       f"vs plain process {walls[0][1]:.1f}s (model load + train)")
             cpu = base["rounds"][0].get("cpu_seconds_during_run_training") if "error" not in base["rounds"][0] else None
             if cpu:
+                wall = base["rounds"][0]["run_training_wall_seconds"]
+                ray_own = sum(v for k, v in cpu.items() if k != "ray::RayTrainWorker")
                 busy = ", ".join(f"{k} {v:.1f}" for k, v in list(cpu.items())[:8])
-                print(f"  CPU seconds during run_training (round 1, {base['rounds'][0]['run_training_wall_seconds']:.0f}s wall): {busy}")
+                print(f"  CPU seconds during run_training (round 1, {wall:.0f}s wall): {busy}")
+                print(f"  => everything but the training worker: {ray_own:.1f} CPU-s = {ray_own / wall:.2f} CPUs on average "
+                      f"({ray_own / wall / (os.cpu_count() or 1) * 100:.1f}% of this machine)")
     print(f"issue references (this machine, before caregpt): LLaMA-Factory {REFERENCE['llamafactory']:.0f}, its neat_packing "
           f"~{REFERENCE['llamafactory_neat_packing']:.0f}, TRL defaults {REFERENCE['trl']:.0f}, TRL packing {REFERENCE['trl_packing']:.0f} "
           f"useful tok/s; utilisation LLaMA-Factory ~{REFERENCE['llamafactory_utilisation'] * 100:.0f}%, dense step ~{REFERENCE['dense_utilisation'] * 100:.0f}%")
@@ -854,6 +922,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every system this many times, interleaved (order rotated each round), and report the "
                              "median: steadier on a shared machine (default 1)")
+    parser.add_argument("--aggregate", choices=("best", "median"), default="best",
+                        help="with --rounds > 1: report each system's fastest round (default; outside load only ever "
+                             "slows a run down) or the median of its rounds")
+    parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
+                        help="before each run, wait up to this long until the machine is nearly idle (see --quiet-below); "
+                             "default 0: do not wait")
+    parser.add_argument("--quiet-below", type=float, default=0.3, metavar="CPUS",
+                        help="'nearly idle' for --quiet-wait: fewer than this many CPUs busy over 2 s (default 0.3)")
     parser.add_argument("--lf-venv", default="/tmp/caregpt-bench-lf-venv", help="cached LLaMA-Factory venv (built on first use)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads for every system (default: CPU count, what caregpt gives its one worker)")
@@ -895,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] work dir {workdir}; load average {' '.join(f'{x:.2f}' for x in load_start)}; {os.cpu_count()} CPUs", flush=True)
     run = dict(timeout=args.timeout, verbose=args.verbose)
     setup = run_child("setup", spec, workdir, **run)
+    run.update(quiet_wait=args.quiet_wait, quiet_below=args.quiet_below)
 
     lf_python, lf_env, lf_error = None, None, None
     if "llamafactory" in only:
@@ -918,16 +995,17 @@ def main(argv: list[str] | None = None) -> int:
         rotated = order[round_index % len(order):] + order[: round_index % len(order)] if order else []
         if args.rounds > 1:
             print(f"[bench] round {round_index + 1}/{args.rounds}: {', '.join(rotated)}", flush=True)
+        tag = f"_r{round_index + 1}"
         if "matmul" in only:
-            results.setdefault("matmul", []).append(run_child("matmul", spec, workdir, **run))
+            results.setdefault("matmul", []).append(run_child("matmul", spec, workdir, tag=tag, **run))
         for name in rotated:
             try:
                 if name == "llamafactory":
                     if lf_error:
                         raise RuntimeError(lf_error)
-                    result = run_child(name, spec, workdir, python=lf_python, env_extra=lf_env, **run)
+                    result = run_child(name, spec, workdir, python=lf_python, env_extra=lf_env, tag=tag, **run)
                 else:
-                    result = run_child(name, spec, workdir, **run)
+                    result = run_child(name, spec, workdir, tag=tag, **run)
             except RuntimeError as exc:
                 failed = True
                 if not (name == "llamafactory" and lf_error):
@@ -936,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
             result["round"] = round_index + 1
             results.setdefault(name, []).append(result)
     if "matmul" in only:
-        results.setdefault("matmul", []).append(run_child("matmul", spec, workdir, **run))
+        results.setdefault("matmul", []).append(run_child("matmul", spec, workdir, tag="_end", **run))
     summary = report(results, setup, args)
     total = time.perf_counter() - started
     load = os.getloadavg()

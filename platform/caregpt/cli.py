@@ -117,7 +117,7 @@ def cmd_train(argv: list[str]) -> int:
     if _wants_help(argv):
         print(_run_config_help(
             "train",
-            "Train a stage (pt, sft) on Ray Train: tokenize with Ray Data, run N workers (DDP or DeepSpeed), "
+            "Train a stage (pt, sft, rm, dpo, ppo) on Ray Train: tokenize with Ray Data, run N workers (DDP or DeepSpeed), "
             "checkpoint to storage_path, resume when run again, write the adapter/model, trainer_log.jsonl, "
             "all_results.json and (with --plot_loss) training_loss.png into output_dir.\n"
             "Every train_bash.py command of CareGPT works with `caregpt train` in its place.",
@@ -134,7 +134,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (cmd_train, "train a stage (pt, sft) on Ray Train with CareGPT's flags"),
+    "train": (cmd_train, "train a stage (pt, sft, rm, dpo, ppo) on Ray Train with CareGPT's flags"),
     "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
 }

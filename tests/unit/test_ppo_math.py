@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,11 +12,15 @@ from caregpt.train.ppo_math import (
     AdaptiveKLController,
     gae,
     kl_estimate,
+    left_pad,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
     penalised_rewards,
     policy_loss,
+    prompt_of,
+    response_mask,
+    sample_indices,
     value_loss,
 )
 
@@ -131,3 +136,32 @@ def test_kl_controller_moves_towards_the_target_by_bounded_steps():
     restored = AdaptiveKLController(0.5, target=1.0)
     restored.load_state_dict(high.state_dict())
     assert restored.value == high.value
+
+
+def test_prompt_is_everything_before_the_last_answer():
+    ids = np.arange(10)
+    # two assistant turns: labels at 3-4 and 7-8; the prompt keeps the first answer as history
+    labels = np.array([-100, -100, -100, 3, 4, -100, -100, 7, 8, -100])
+    assert prompt_of(ids, labels).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert prompt_of(ids, np.full(10, -100)) is None  # nothing to answer
+    assert prompt_of(ids, ids) is None  # labelled from the first token: no prompt to condition on
+
+
+def test_per_step_sampling_depends_on_seed_step_and_rank_only():
+    first = sample_indices(64, 8, seed=0, step=3, rank=1)
+    assert first.tolist() == sample_indices(64, 8, seed=0, step=3, rank=1).tolist()
+    assert len(set(first.tolist())) == 8  # without replacement while there are enough prompts
+    assert first.tolist() != sample_indices(64, 8, seed=0, step=3, rank=0).tolist()
+    assert first.tolist() != sample_indices(64, 8, seed=0, step=4, rank=1).tolist()
+    assert len(sample_indices(3, 8, seed=0, step=1, rank=0)) == 8  # fewer prompts than the batch: with replacement
+
+
+def test_left_pad_right_aligns_prompts():
+    ids, mask = left_pad([np.array([5, 6, 7]), np.array([8])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_response_mask_keeps_the_first_eos_and_drops_what_follows():
+    responses = torch.tensor([[9, 9, 4, 2, 2], [9, 1, 9, 4, 9], [9, 9, 9, 9, 9]])
+    assert response_mask(responses, [4, 1]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]

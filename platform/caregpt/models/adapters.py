@@ -201,7 +201,8 @@ def _apply_freeze(model: nn.Module, config: Any) -> nn.Module:
     for block in layers[len(layers) - n :]:
         for param in block.parameters():
             param.requires_grad = True
-    for param in getattr(model, "score", nn.Identity()).parameters():
+    head = getattr(model, "score", None)
+    for param in head.parameters() if head is not None else ():
         param.requires_grad = True  # a reward model's new head always trains
     logger.info("freeze: training the last %d of %d blocks in %s", n, len(layers), name)
     return model

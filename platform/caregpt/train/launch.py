@@ -71,9 +71,9 @@ def preflight(config: RunConfig):
         raise ConfigError(f"stage {config.finetune.stage!r} is not available in this release; stages that train now: {', '.join(SUPPORTED_STAGES)}")
     facts = validate_model(config)
     if config.finetune.stage == "ppo":
-        from caregpt.train.rewards import validate_reward
+        from caregpt.train.ppo import validate_ppo
 
-        validate_reward(config)
+        validate_ppo(config)
     plan = plan_data(config)
     output_dir = Path(config.train.output_dir).resolve()
     if (output_dir / "all_results.json").exists() and not config.train.overwrite_output_dir:
@@ -146,5 +146,6 @@ def collect_outputs(checkpoint, output_dir: Path, config: RunConfig, manifest: d
     if config.train.plot_loss:
         from caregpt.train.plotting import plot_loss
 
-        plot_loss(output_dir / "trainer_log.jsonl", output_dir, title=output_dir.name)
+        keys = ("reward_mean", "kl") if config.finetune.stage == "ppo" else ("loss", "eval_loss")
+        plot_loss(output_dir / "trainer_log.jsonl", output_dir, keys=keys, title=output_dir.name)
     return metrics

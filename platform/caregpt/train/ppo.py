@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from caregpt.config.loader import ConfigError
-from caregpt.data.templates import IGNORE_INDEX
 from caregpt.train import ppo_math as pm
 from caregpt.train.rewards import validate_reward
 
@@ -59,45 +58,11 @@ def validate_ppo(config) -> None:
 # ---- prompts ---------------------------------------------------------------------------------
 
 
-def prompt_of(input_ids: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
-    """The tokens before the last assistant answer (its last run of labelled tokens); None if there is none."""
-    labelled = labels != IGNORE_INDEX
-    starts = np.flatnonzero(labelled & ~np.concatenate([[False], labelled[:-1]]))
-    if len(starts) == 0 or starts[-1] == 0:
-        return None
-    return np.asarray(input_ids[: starts[-1]], dtype=np.int64)
-
-
 def load_prompts(dataset) -> list[np.ndarray]:
-    prompts = [p for p in (prompt_of(row["input_ids"], row["labels"]) for row in (dataset[i] for i in range(len(dataset)))) if p is not None]
+    prompts = [p for p in (pm.prompt_of(row["input_ids"], row["labels"]) for row in (dataset[i] for i in range(len(dataset)))) if p is not None]
     if not prompts:
         raise ValueError("no row of the PPO data has an answer to take a prompt from (all labels are IGNORE_INDEX)")
     return prompts
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def sample_indices(count: int, size: int, seed: int, step: int, rank: int) -> np.ndarray:
-    return np.random.default_rng(step_seed(seed, step, rank)).choice(count, size=size, replace=size > count)
-
-
-def left_pad(prompts: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts right-aligned, so every response starts at the same column."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.from_numpy(p)
-        mask[i, width - len(p) :] = 1
-    return ids, mask
-
-
-def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
-    """1 up to and including the first EOS (stopping was the policy's choice too), 0 on what generate padded after."""
-    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device)).long()
-    return ((is_eos.cumsum(1) - is_eos) == 0).long()
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -176,17 +141,18 @@ class Rollout:
 @torch.no_grad()
 def rollout(module: PolicyWithValue, prompts: list[np.ndarray], tokenizer, reward_fn, generation, config, kl_coef: float, device) -> Rollout:
     ft = config.finetune
-    prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, tokenizer.pad_token_id))
+    prompt_ids, prompt_mask = (t.to(device) for t in pm.left_pad(prompts, tokenizer.pad_token_id))
     module.eval()
     sequences = module.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation)
     responses = sequences[:, prompt_ids.shape[1] :]
-    mask = response_mask(responses, generation.eos_token_id)
+    mask = pm.response_mask(responses, generation.eos_token_id)
     attention = torch.cat([prompt_mask, mask], dim=1)
     logits, values = module(sequences, attention, responses.shape[1])
     logprobs = pm.logprobs_from_logits(logits / ft.ppo_temperature, responses)
     ref = reference_logprobs(module.policy, sequences, attention, responses, ft.ppo_temperature)
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)  # generate padded after EOS
-    scores = reward_fn(tokenizer.batch_decode(prompt_ids, skip_special_tokens=False), texts).to(device).float()
+    # prompts keep their chat template (a reward model scores templated text), lose the left padding
+    prompt_texts = tokenizer.batch_decode([p.tolist() for p in prompts], skip_special_tokens=False)
+    scores = reward_fn(prompt_texts, tokenizer.batch_decode(responses, skip_special_tokens=True)).to(device).float()
     kl = pm.kl_estimate(logprobs, ref) * mask
     rewards = pm.penalised_rewards(scores, kl, mask, kl_coef)
     advantages, returns = pm.gae(rewards, values, mask, ft.ppo_gamma, ft.ppo_lambda)
@@ -212,7 +178,7 @@ def ppo_update(model: nn.Module, optimizer, params: list[nn.Parameter], roll: Ro
             torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm)
             optimizer.step()
             for key, value in (("policy_loss", pg), ("value_loss", vf), ("clipfrac", clipfrac), ("loss", loss)):
-                totals[key] += float(value)
+                totals[key] += float(value.detach())
             updates += 1
     return {k: v / max(updates, 1) for k, v in totals.items()}
 
@@ -238,7 +204,7 @@ def step_metrics(roll: Rollout, update: dict[str, float], kl_coef: float, device
 # ---- checkpoints and outputs -----------------------------------------------------------------
 
 
-def save_state(directory: Path, module: PolicyWithValue, optimizer, kl_ctl: pm.AdaptiveKLController, step: int, history: list[dict]) -> None:
+def _save_weights(directory: Path, module: PolicyWithValue) -> None:
     from safetensors.torch import save_file
 
     from caregpt.models.adapters import save_trained
@@ -246,12 +212,17 @@ def save_state(directory: Path, module: PolicyWithValue, optimizer, kl_ctl: pm.A
     directory.mkdir(parents=True, exist_ok=True)
     save_trained(module.policy, directory)  # adapter_model.safetensors + adapter_config.json: usable as is
     save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()}, str(directory / VALUE_HEAD_FILE))
+
+
+def save_state(directory: Path, module: PolicyWithValue, optimizer, kl_ctl: pm.AdaptiveKLController, step: int, logs: dict) -> None:
+    """A resumable checkpoint. No RNG state: every step reseeds from (seed, step, rank)."""
+    _save_weights(directory, module)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "kl_controller": kl_ctl.state_dict()}, directory / STATE_FILE)
-    (directory / HISTORY_FILE).write_text(json.dumps(history))
+    (directory / HISTORY_FILE).write_text(json.dumps(logs))
 
 
-def load_state(directory: Path, module: PolicyWithValue, optimizer, kl_ctl: pm.AdaptiveKLController) -> tuple[int, list[dict]]:
-    """Weights, optimizer and KL coefficient from a checkpoint; returns (step it was taken at, logged history)."""
+def load_state(directory: Path, module: PolicyWithValue, optimizer, kl_ctl: pm.AdaptiveKLController) -> tuple[int, dict]:
+    """Weights, optimizer and KL coefficient from a checkpoint; returns (its step, {"history", "window"})."""
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
     from safetensors.torch import load_file
@@ -265,51 +236,46 @@ def load_state(directory: Path, module: PolicyWithValue, optimizer, kl_ctl: pm.A
     return int(state["step"]), json.loads((directory / HISTORY_FILE).read_text())
 
 
+def window_mean(window: list[dict[str, float]]) -> dict[str, float]:
+    """One log entry for the steps since the last one (as the HF Trainer averages its loss): single
+    PPO steps are noisy. step and kl_coef are the latest values, not averages."""
+    entry = {k: sum(m[k] for m in window) / len(window) for k in window[-1]}
+    entry.update(step=window[-1]["step"], kl_coef=window[-1]["kl_coef"])
+    return entry
+
+
 def final_results(history: list[dict], resumed_from: int, prompts: int) -> dict[str, float]:
     last = history[-1]
-    return {
-        **last,
-        "reward_mean_first": history[0]["reward_mean"],
-        "reward_mean_last": last["reward_mean"],
-        "kl_last": last["kl"],
-        "resumed_from_step": resumed_from,
-        "prompts": prompts,
-    }
+    extra = {"reward_mean_first": history[0]["reward_mean"], "reward_mean_last": last["reward_mean"], "kl_last": last["kl"]}
+    return {**last, **extra, "resumed_from_step": resumed_from, "prompts": prompts}
 
 
 def write_final(directory: Path, module: PolicyWithValue, tokenizer, history: list[dict], metrics: dict) -> None:
-    """The FINAL_MARKER layout worker.py uses: adapter, tokenizer, trainer_log.jsonl, all_results.json, marker."""
-    from safetensors.torch import save_file
-
-    from caregpt.models.adapters import save_trained
+    """The FINAL_MARKER layout of worker.py: adapter, tokenizer, trainer_log.jsonl, all_results.json, marker."""
     from caregpt.train.trainer import write_history
     from caregpt.train.worker import FINAL_MARKER
 
-    save_trained(module.policy, directory)
-    save_file({k: v.contiguous() for k, v in module.value_head.state_dict().items()}, str(directory / VALUE_HEAD_FILE))
+    _save_weights(directory, module)
     tokenizer.save_pretrained(str(directory))
     write_history(history, directory / "trainer_log.jsonl")
     (directory / "all_results.json").write_text(json.dumps(metrics, indent=2))
     (directory / FINAL_MARKER).write_text(json.dumps({"metrics": metrics}))
 
 
-def _progress(step: int, total: int, metrics: dict[str, float], elapsed: float, done_here: int) -> None:
-    # the same shape as the sft progress line, with what PPO is judged by instead of the loss
-    bar = "#" * int(20 * step / total) + "." * (20 - int(20 * step / total))
-    remaining = elapsed / max(done_here, 1) * (total - step)
-    parts = [
-        f"step {step}/{total}", f"reward {metrics['reward_mean']:.4f}", f"kl {metrics['kl']:.3f}",
-        f"kl_coef {metrics['kl_coef']:.4f}", f"len {metrics['response_len']:.1f}", f"eta {int(remaining // 60)}m{int(remaining % 60):02d}s",
-    ]
-    print(f"[caregpt] [{bar}] " + " | ".join(parts), flush=True)
+def _progress(step: int, total: int, metrics: dict[str, float], seconds_per_step: float) -> None:
+    # the shape of the sft progress line, with what PPO is judged by in place of the loss
+    filled, remaining = int(20 * step / total), seconds_per_step * (total - step)
+    parts = [f"step {step}/{total}", f"reward {metrics['reward_mean']:.4f}", f"kl {metrics['kl']:.3f}", f"kl_coef {metrics['kl_coef']:.4f}"]
+    parts += [f"len {metrics['response_len']:.1f}", f"eta {int(remaining // 60)}m{int(remaining % 60):02d}s"]
+    print(f"[caregpt] [{'#' * filled}{'.' * (20 - filled)}] " + " | ".join(parts), flush=True)
 
 
 def total_steps(config, prompts: int, world: int) -> int:
     """max_steps, else num_train_epochs passes' worth of prompts at the global rollout size."""
     if config.train.max_steps > 0:
         return config.train.max_steps
-    rollout = config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps * world
-    return max(1, math.ceil(config.train.num_train_epochs * prompts / rollout))
+    rollout_size = config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps * world
+    return max(1, math.ceil(config.train.num_train_epochs * prompts / rollout_size))
 
 
 # ---- the worker loop -------------------------------------------------------------------------
@@ -320,14 +286,22 @@ def _build(config, device) -> tuple[PolicyWithValue, Any]:
     from caregpt.models.adapters import apply_finetuning
     from caregpt.models.loader import load_model
 
-    # adapters in checkpoint_dir are merged into the base (never kept training): the base with the
-    # PPO adapter switched off is the reference, and that must be the model PPO starts from (the SFT one)
+    # adapters in checkpoint_dir are merged into the base, never kept training: the base with the
+    # PPO adapter switched off is the reference, and it must be the model PPO starts from (the SFT one)
     config = config.model_copy(update={"finetune": config.finetune.model_copy(update={"resume_lora_training": False})})
     tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
     torch.manual_seed(config.train.seed)  # same adapter / value head init on every rank (DDP also broadcasts rank 0's)
     policy = apply_finetuning(load_model(config, for_training=True, device=str(device)), config)
     _no_dropout(policy)
     return PolicyWithValue(policy, policy.config.hidden_size).to(device), tokenizer
+
+
+def _report(metrics: dict, directory: Path | None, rank: int, name: str | None = None) -> None:
+    """Every worker reports (Ray Train expects all of them); only rank 0 wrote, so only it hands a checkpoint over."""
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory is not None and rank == 0 else None
+    ray.train.report(metrics=dict(metrics), checkpoint=checkpoint, checkpoint_dir_name=name if checkpoint else None)
 
 
 def ppo_loop(config, loop_config: dict[str, Any]) -> None:
@@ -347,7 +321,7 @@ def ppo_loop(config, loop_config: dict[str, Any]) -> None:
     local_root = Path(tempfile.mkdtemp(prefix=f"caregpt-ppo-rank{rank}-"))
     resume_path, final = _restore(local_root)
     if final is not None:  # finished before the driver died: hand the result over again
-        ray.train.report(metrics=final["metrics"], checkpoint=ray.train.Checkpoint.from_directory(resume_path))
+        _report(final["metrics"], Path(resume_path), rank)
         return
 
     device = ray.train.torch.get_device()
@@ -356,39 +330,37 @@ def ppo_loop(config, loop_config: dict[str, Any]) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     kl_ctl = pm.AdaptiveKLController(config.finetune.ppo_kl_coef, config.finetune.ppo_target_kl, KL_HORIZON)
-    start, history = load_state(Path(resume_path), module, optimizer, kl_ctl) if resume_path else (0, [])
+    start, logs = load_state(Path(resume_path), module, optimizer, kl_ctl) if resume_path else (0, {"history": [], "window": []})
     model = ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False})
-    reward_fn = get_reward(config, device)
-    generation = _generation_config(config, tokenizer, module.policy)
+    reward_fn, generation = get_reward(config, device), _generation_config(config, tokenizer, module.policy)
     t = config.train
-    total, batch = total_steps(config, len(prompts), world), t.per_device_train_batch_size * t.gradient_accumulation_steps
-    began = time.perf_counter()
+    total, batch, began = total_steps(config, len(prompts), world), t.per_device_train_batch_size * t.gradient_accumulation_steps, time.perf_counter()
+    if rank == 0:
+        logger.info("ppo: %d prompts, steps %d..%d, %d rollouts per step on each of %d workers", len(prompts), start + 1, total, batch, world)
     for step in range(start + 1, total + 1):
-        torch.manual_seed(step_seed(t.seed, step, rank))  # sampling and minibatch order, reproducible per step
-        chosen = [prompts[i] for i in sample_indices(len(prompts), batch, t.seed, step, rank)]
+        torch.manual_seed(pm.step_seed(t.seed, step, rank))  # sampling and minibatch order: reproducible per step
+        chosen = [prompts[i] for i in pm.sample_indices(len(prompts), batch, t.seed, step, rank)]
         kl_coef = kl_ctl.value
         roll = rollout(module, chosen, tokenizer, reward_fn, generation, config, kl_coef, device)
         metrics = {"step": step, **step_metrics(roll, ppo_update(model, optimizer, params, roll, config), kl_coef, device)}
         kl_ctl.update(metrics["kl"], n_steps=batch * world)
-        logged = step % t.logging_steps == 0 or step == total
-        if logged:
-            history.append(metrics)
+        logs["window"].append(metrics)
+        if step % t.logging_steps == 0 or step == total:
+            metrics = window_mean(logs["window"])
+            logs["history"].append(metrics)
+            logs["window"] = []
             if rank == 0:
-                _progress(step, total, metrics, time.perf_counter() - began, step - start)
+                _progress(step, total, metrics, (time.perf_counter() - began) / (step - start))
         if step % t.save_steps == 0 and step < total:
             directory = local_root / f"checkpoint-{step}"
             if rank == 0:
-                save_state(directory, module, optimizer, kl_ctl, step, history)
-            checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if rank == 0 else None
-            ray.train.report(metrics=dict(metrics), checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}")
-        elif logged:
-            ray.train.report(metrics=dict(metrics))
+                save_state(directory, module, optimizer, kl_ctl, step, logs)
+            _report(metrics, directory, rank, f"checkpoint-{step:06d}")
+        elif not logs["window"]:  # just logged
+            _report(metrics, None, rank)
 
-    results = final_results(history, start, len(prompts))
-    final_dir = local_root / "final"
+    results = final_results(logs["history"], start, len(prompts))
     if rank == 0:
-        final_dir.mkdir(parents=True, exist_ok=True)
-        write_final(final_dir, module, tokenizer, history, results)
-    checkpoint = ray.train.Checkpoint.from_directory(str(final_dir)) if rank == 0 else None
-    ray.train.report(metrics={**results, "final": 1.0}, checkpoint=checkpoint, checkpoint_dir_name="final")
+        write_final(local_root / "final", module, tokenizer, logs["history"], results)
+    _report({**results, "final": 1.0}, local_root / "final", rank, "final")
     shutil.rmtree(local_root, ignore_errors=True)

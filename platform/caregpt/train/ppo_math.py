@@ -4,14 +4,18 @@ Shapes: per-token tensors are ``[batch, response_len]``; ``mask`` is 1 on real r
 0 on the padding after a response ended (responses are ragged: each stops at its own EOS). Masks
 are expected to be prefixes (ones, then zeros), which is what sampling produces.
 
-Nothing here knows about models, Ray or configs, so every formula is unit-tested on hand-sized
-tensors (tests/unit/test_ppo_math.py).
+Nothing here knows about models, Ray or configs, so every formula, and the batch shaping at the
+end (the prompt of an SFT row, per-step sampling, padding, response masks), is unit-tested on
+hand-sized tensors (tests/unit/test_ppo_math.py).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from caregpt.data.templates import IGNORE_INDEX
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -149,3 +153,41 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.value = float(state["value"])
+
+
+# ---- batch shaping --------------------------------------------------------------------------
+
+
+def prompt_of(input_ids: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """The tokens before the last assistant answer (its last run of labelled tokens); None if there is none."""
+    labelled = labels != IGNORE_INDEX
+    starts = np.flatnonzero(labelled & ~np.concatenate([[False], labelled[:-1]]))
+    if len(starts) == 0 or starts[-1] == 0:
+        return None
+    return np.asarray(input_ids[: starts[-1]], dtype=np.int64)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A seed from (seed, step, rank) alone: a step run again after a resume draws the same numbers."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def sample_indices(count: int, size: int, seed: int, step: int, rank: int) -> np.ndarray:
+    return np.random.default_rng(step_seed(seed, step, rank)).choice(count, size=size, replace=size > count)
+
+
+def left_pad(prompts: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned, so every response starts at the same column."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.from_numpy(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 up to and including the first EOS (stopping was the policy's choice too), 0 on what generate padded after."""
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device)).long()
+    return ((is_eos.cumsum(1) - is_eos) == 0).long()

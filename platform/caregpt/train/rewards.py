@@ -28,8 +28,8 @@ SAFETY_SHORT_PENALTY = 0.2
 
 # Characters of common medical words (doctor, hospital, disease, medicine, treatment, symptom,
 # examination, blood pressure, pain, diagnosis, advice, patient). Their share of a response is a
-# dense reward: every token can move it a little, so a tiny model visibly learns it in a few
-# PPO steps, which makes it the reward the tests use.
+# dense reward: every token can move it a little, so even the random tiny test model learns it
+# within a few dozen PPO steps (tests/ray/test_ppo.py); exact to check by hand, too.
 MEDICAL_CHARS = frozenset("医生院病药治疗症状检查血压疼痛诊建议患者")
 
 
@@ -81,12 +81,18 @@ def _not_a_reward_model(path: str, why: str) -> ConfigError:
     return ConfigError(f"reward_model={path!r} is not a reward model ({why}); train one with --stage rm")
 
 
-def _adapter_base(path: Path) -> str | None:
-    """The base model of a LoRA reward-model adapter directory, None for a full model directory."""
-    adapter = path / "adapter_config.json"
-    if not adapter.is_file() or (path / "config.json").is_file():
-        return None
-    return _read_json(adapter).get("base_model_name_or_path")
+def _is_adapter(directory: Path) -> bool:
+    # the rm stage with LoRA saves adapters + the score head (task_type SEQ_CLS) and no config.json
+    return (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file()
+
+
+def _check_adapter(path: str, directory: Path) -> None:
+    settings = _read_json(directory / "adapter_config.json")
+    if settings.get("task_type") != "SEQ_CLS":
+        raise _not_a_reward_model(path, f"its adapter has task_type {settings.get('task_type')!r}, not SEQ_CLS")
+    base = settings.get("base_model_name_or_path")
+    if not base or (base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir()):
+        raise ConfigError(f"reward_model={path!r} is an adapter whose base model {base!r} is not available")
 
 
 def check_reward_model_dir(path: str) -> None:
@@ -94,16 +100,8 @@ def check_reward_model_dir(path: str) -> None:
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ConfigError(f"reward_model={path!r} does not exist; pass the output_dir of a `--stage rm` run")
-    adapter = directory / "adapter_config.json"
-    if adapter.is_file() and not (directory / "config.json").is_file():
-        # the rm stage with LoRA saves adapters (+ the score head) with task_type SEQ_CLS
-        settings = _read_json(adapter)
-        if settings.get("task_type") != "SEQ_CLS":
-            raise _not_a_reward_model(path, f"its adapter has task_type {settings.get('task_type')!r}, not SEQ_CLS")
-        base = settings.get("base_model_name_or_path")
-        if not base or (base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir()):
-            raise ConfigError(f"reward_model={path!r} is an adapter whose base model {base!r} is not available")
-        return
+    if _is_adapter(directory):
+        return _check_adapter(path, directory)
     if not (directory / "config.json").is_file():
         raise _not_a_reward_model(path, "no config.json")
     architectures = _read_json(directory / "config.json").get("architectures") or []
@@ -136,14 +134,15 @@ def validate_reward(config) -> None:
 def _load_reward_model(path: str, dtype, device):
     from transformers import AutoModelForSequenceClassification
 
-    base = _adapter_base(Path(path))
-    if base is None:
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype).to(device), path
+    directory = Path(path).expanduser()
+    if not _is_adapter(directory):
+        return AutoModelForSequenceClassification.from_pretrained(str(directory), num_labels=1, dtype=dtype).to(device), path
     from peft import PeftModel
 
+    base = _read_json(directory / "adapter_config.json")["base_model_name_or_path"]
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
     # merged: scoring is inference only, and a plain model is faster than adapter + base
-    return PeftModel.from_pretrained(model, path).merge_and_unload().to(device), base
+    return PeftModel.from_pretrained(model, str(directory)).merge_and_unload().to(device), base
 
 
 def _model_reward(config, device) -> RewardFn:
@@ -156,9 +155,7 @@ def _model_reward(config, device) -> RewardFn:
     model.eval().requires_grad_(False)
     # the rm stage saves its tokenizer beside the weights; an adapter dir may only have the base's
     source = config.finetune.reward_model if (Path(config.finetune.reward_model) / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(source, config.model.trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(source, config.model.trust_remote_code)  # pad falls back to eos there
     model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # too long: drop the prompt's start
     max_length = config.data.cutoff_len + config.train.max_new_tokens

@@ -135,6 +135,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from caregpt.train.trainer import RayReportCallback, write_history
 
     config = config_from_json(loop_config["config"])
+    if config.finetune.stage == "ppo":  # ppo_loop restores and re-reports its own checkpoints
+        from caregpt.train.ppo import ppo_loop
+
+        return ppo_loop(config, loop_config)
     # Ray Train logs every report at INFO; our progress line already says what matters per step
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
@@ -149,12 +153,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         return
 
     stage = config.finetune.stage
-    if stage == "ppo":
-        from caregpt.train.ppo import ppo_loop
-
-        ppo_loop(config, loop_config)
-        return
-
     tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
     model = apply_finetuning(load_model(config, for_training=True, reward_head=stage == "rm"), config)
     data = TokenDataset.from_parquet(loop_config["data_path"])
