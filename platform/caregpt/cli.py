@@ -133,8 +133,15 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def cmd_tune(argv: list[str]) -> int:
+    from caregpt.tune.cli import main as tune_main
+
+    return tune_main(argv)
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train a stage (pt, sft, rm, dpo, ppo) on Ray Train with CareGPT's flags"),
+    "tune": (cmd_tune, "search LoRA rank / alpha / learning rate (any keys) with Ray Tune over a training stage"),
     "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
 }

@@ -153,6 +153,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         return
 
     stage = config.finetune.stage
+    from transformers import set_seed
+
+    set_seed(config.train.seed)  # LoRA / reward-head init runs before the HF Trainer seeds anything
     tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
     model = apply_finetuning(load_model(config, for_training=True, reward_head=stage == "rm"), config)
     data = TokenDataset.from_parquet(loop_config["data_path"])

@@ -1,0 +1,99 @@
+"""`caregpt tune CONFIG.yaml [--key value ...] [--tune.KEY value ...]`.
+
+The YAML is a training config plus a `tune:` section; flags override training keys as in
+`caregpt train`, and `--tune.KEY value` overrides a scalar tune key (num_samples, metric, name...).
+Running the same command again after an interruption resumes the experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from caregpt.config.loader import ConfigError
+from caregpt.tune.space import SPACE_TYPES, TUNE_KEYS
+
+logger = logging.getLogger(__name__)
+
+USAGE = "usage: caregpt tune CONFIG.yaml [--key value ...] [--tune.KEY value ...]"
+
+EXAMPLE = """\
+example (jobs/configs/tune_sft_tiny_cpu.yaml):
+  stage: sft              # the base training config: every key of `caregpt train`
+  val_size: 0.2           # eval_loss needs a held-out split
+  eval_steps: 8           # how often the metric reaches Tune (and ASHA)
+  ...
+  tune:
+    search_space:
+      lora_rank: {type: grid, values: [4, 16]}
+      learning_rate: {type: grid, values: [3.0e-4, 3.0e-3]}
+      alpha_over_rank: 2
+      lora_dropout: {type: choice, values: [0.0, 0.1]}
+    metric: eval_loss
+    max_concurrent_trials: 2
+    scheduler: {type: asha, grace_period: 8, reduction_factor: 2}"""
+
+
+def help_text() -> str:
+    lines = [
+        USAGE,
+        "",
+        "Search hyperparameters of a training stage with Ray Tune. Every trial is a full Ray Train run of the stage",
+        "(workers and resources per trial as in `caregpt train`) on data tokenized once; the metric is reported at",
+        "every evaluation and ASHA stops weak trials early. Results go to the base config's output_dir:",
+        "tune_results.csv/.md (trial, values, metric, steps, state), best_config.yaml (run it with `caregpt train`),",
+        "tune_metric.png (metric against step per trial) and trials/ID/ (each finished trial's adapter or model).",
+        "The same command again resumes an interrupted experiment: finished trials are kept, the others run again;",
+        "--overwrite_output_dir starts over.",
+        "",
+        "tune keys (under `tune:` in the YAML, or --tune.KEY value for the scalar ones):",
+    ]
+    lines += [f"  {key:<22}{text}" for key, text in TUNE_KEYS.items()]
+    lines += ["", "search_space types: " + ", ".join(f"{k} ({'/'.join(v)})" for k, v in SPACE_TYPES.items()) + "; randint/lograndint include high."]
+    lines += ["", EXAMPLE, "", "Training keys: see `caregpt train --help`."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        return 0 if argv else 2
+    from caregpt.tune.space import load_from_argv
+
+    _config, base_values, spec = load_from_argv(argv)  # every YAML problem surfaces before Ray starts
+    from caregpt.tune.run import run_tune
+
+    outcome = run_tune(base_values, spec)
+    summary = outcome.summary
+    print(f"\ntune experiment: {outcome.experiment_path}\n")
+    print(summary.format(spec.metric))
+    print(f"\nresults table: {summary.table_csv} (and {summary.table_md.name})")
+    if summary.plot:
+        print(f"metric plot:   {summary.plot}")
+    if summary.best is None:
+        print(f"no trial reported {spec.metric}: see the errors in the Ray Tune logs under {outcome.experiment_path}", file=sys.stderr)
+        return 130 if any(r.state == "unfinished" for r in summary.rows) else 1
+    print(f"best trial:    {summary.best.trial_id} ({spec.metric} {summary.best.metric:.6g}); adapter/model: {summary.best.output_dir or 'not kept'}")
+    print(f"best config:   {summary.best_config}\nretrain it:    caregpt train {summary.best_config}")
+    errored = [r.trial_id for r in summary.rows if r.state == "error"]
+    if errored:
+        print(f"{len(errored)} trial(s) failed: {', '.join(errored)} (run the same command again to retry them)", file=sys.stderr)
+    unfinished = [r.trial_id for r in summary.rows if r.state == "unfinished"]
+    if unfinished:
+        print(f"interrupted with {len(unfinished)} trial(s) unfinished: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_standalone(argv: list[str]) -> int:
+    """`python -m caregpt.tune.cli` / jobs/tune.py: main() with the logging and one-line errors of `caregpt`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return main(argv)
+    except ConfigError as exc:
+        print(f"caregpt tune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_standalone(sys.argv[1:]))
