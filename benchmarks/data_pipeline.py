@@ -111,17 +111,22 @@ class MemorySampler(threading.Thread):
             name = proc.name()
             if proc.pid == self.root.pid:
                 label = "driver"
+            elif name.startswith("ray::MapWork"):  # /proc comm is cut at 15 characters
+                label = "ray map actors"
+            elif name == "ray::IDLE":
+                label = "idle ray workers"
             elif name.startswith("ray::"):
-                label = "ray workers"
+                label = "other ray workers"  # Ray Data's stats / autoscaling / location actors, tasks
             elif name in ("raylet", "gcs_server"):
                 label = name
             elif proc.cmdline() == self._root_cmdline:
                 label = "forked children"
             elif any("/ray/" in part for part in proc.cmdline()):
-                label = "ray agents"  # or a Ray worker not yet renamed: not cached
+                # Ray's agents and log monitor; a worker not yet renamed to ray::... is not cached
+                label = "idle ray workers" if "default_worker.py" in " ".join(proc.cmdline()) else "ray agents"
             else:
                 label = name
-            if label in ("driver", "raylet", "gcs_server", "ray workers", "forked children"):
+            if label in ("driver", "raylet", "gcs_server", "ray map actors", "forked children", "ray agents"):
                 self._labels[proc.pid] = label
         return label
 
@@ -492,8 +497,8 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> dic
         print(f"  counting ray.init too: {incl:.2f}x")
         efficiency = (ray_n["tokens"] / ray_n["cpu_seconds_timed"]) / (ds_n["tokens"] / ds_n["cpu_seconds_timed"])
         summary["cpu_efficiency_ratio"] = efficiency
-        print(f"  tokens per CPU second, ray / datasets: {efficiency:.2f}x (on an idle machine both keep the cores "
-              "busy, so this bounds the throughput ratio)")
+        print(f"  tokens per CPU second, ray / datasets: {efficiency:.2f}x (on an idle machine, where datasets keeps "
+              "every core busy, the throughput ratio cannot exceed this)")
         pairs = [(a["tokens_per_s"] / b["tokens_per_s"]) for a, b in zip(
             [r for r in results if r["engine"] == "ray" and r["records"] == n],
             [r for r in results if r["engine"] == "datasets" and r["records"] == n])]
