@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,tune]"
 	touch $(STAMP)
 
 # The end-to-end demo on an embedded local Ray with a tiny model built from the shipped sample data.
