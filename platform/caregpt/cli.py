@@ -139,9 +139,24 @@ def cmd_tune(argv: list[str]) -> int:
     return tune_main(argv)
 
 
+def _delegate(module: str) -> Callable[[list[str]], int]:
+    """A verb implemented by `main(argv)` in another module, imported only when that verb runs."""
+
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(argv) or 0)
+
+    return run
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train a stage (pt, sft, rm, dpo, ppo) on Ray Train with CareGPT's flags"),
     "tune": (cmd_tune, "search LoRA rank / alpha / learning rate (any keys) with Ray Tune over a training stage"),
+    "predict": (_delegate("caregpt.eval.predict_cli"), "batch generation over a dataset on Ray Data model actors (+ BLEU/ROUGE)"),
+    "eval": (_delegate("caregpt.eval.cli"), "metrics: generation (BLEU-4, ROUGE), multiple-choice exams, run comparison"),
+    "export": (_delegate("caregpt.models.export_cli"), "merge LoRA/QLoRA adapters into a standalone model directory"),
+    "run": (_delegate("caregpt.pipeline.cli"), "run a pipeline: new-model, pt, sft, dpo, ..., eval, export, deploy in order"),
     "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
 }

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +309,7 @@ def ppo_loop(config, loop_config: dict[str, Any]) -> None:
 
     from caregpt.train.data import TokenDataset
     from caregpt.train.rewards import get_reward
-    from caregpt.train.worker import _restore
+    from caregpt.train.worker import _restore, scratch_dir
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     validate_ppo(config)
@@ -318,7 +317,7 @@ def ppo_loop(config, loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     if loop_config.get("threads") and not config.ray.use_gpu:
         torch.set_num_threads(int(loop_config["threads"]))
-    local_root = Path(tempfile.mkdtemp(prefix=f"caregpt-ppo-rank{rank}-"))
+    local_root = scratch_dir(context, "ppo")
     resume_path, final = _restore(local_root)
     if final is not None:  # finished before the driver died: hand the result over again
         _report(final["metrics"], Path(resume_path), rank)

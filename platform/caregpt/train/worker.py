@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -122,6 +123,19 @@ def _checkpoint_step(path: str | None) -> int:
     return int(json.loads(state.read_text())["global_step"]) if state and state.is_file() else 0
 
 
+def scratch_dir(context, kind: str = "train") -> Path:
+    """This rank's local working folder, named after the run.
+
+    Named, not random: a worker restarted after a crash (or a re-run after the driver died) clears what
+    its killed predecessor left behind instead of leaking a checkpoint-sized folder per failure.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", context.get_experiment_name())[:120]
+    path = Path(tempfile.gettempdir()) / "caregpt-scratch" / f"{name}-{kind}-rank{context.get_world_rank()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
@@ -145,7 +159,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     use_gpu = config.ray.use_gpu
     if not use_gpu and loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
-    local_root = Path(tempfile.mkdtemp(prefix=f"caregpt-rank{context.get_world_rank()}-"))
+    local_root = scratch_dir(context)
     resume_path, final = _restore(local_root)
     if final is not None:
         # the run already finished (the driver died after training): hand the result over again

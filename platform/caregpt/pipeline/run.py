@@ -1,0 +1,193 @@
+"""Run a planned pipeline: each step in order on the current Ray cluster, finished steps skipped.
+
+A step counts as finished when its marker (run_dir/.pipeline/<name>.json) exists with the same
+fingerprint (the step's resolved options). Once one step runs again, every later step runs again too:
+its inputs may have changed. Inside a step, training resumes from its own checkpoints, so killing the
+pipeline mid-sft and re-running it skips the finished steps and continues sft where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from caregpt.pipeline.plan import PlannedStep, plan
+from caregpt.pipeline.report import collect_metrics, write_report
+from caregpt.pipeline.spec import PipelineSpec
+
+logger = logging.getLogger(__name__)
+MARKERS = ".pipeline"
+
+
+@dataclass
+class StepRecord:
+    name: str
+    uses: str
+    status: str  # ran | skipped | failed | not run
+    seconds: float = 0.0
+    output_dir: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def _argv(values: dict[str, Any]) -> list[str]:
+    """Options as `--key value` flags: True is a bare switch, False/None are left out, lists comma-joined."""
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(f"--{key}")
+        elif isinstance(value, (list, tuple)):
+            argv += [f"--{key}", ",".join(str(v) for v in value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def _call(main: Callable[[list[str]], int], argv: list[str], what: str) -> None:
+    code = main(argv)
+    if code:
+        raise RuntimeError(f"{what} exited with status {code}")
+
+
+def run_new_model(step: PlannedStep) -> None:
+    from caregpt.models.tiny import build_tiny_model
+
+    v = step.values
+    corpus = v.get("corpus") or []
+    corpus = [c.strip() for c in corpus.split(",")] if isinstance(corpus, str) else list(corpus)
+    if not corpus:
+        raise RuntimeError(f"step {step.name!r}: new-model needs `corpus` (text files to train the tokenizer on)")
+    build_tiny_model(v.get("preset", "tiny"), corpus, step.output_dir, vocab_size=v.get("vocab_size"), seed=int(v.get("seed", 0)), overwrite=True)
+
+
+def run_train(step: PlannedStep) -> None:
+    from caregpt.config.loader import load_config
+    from caregpt.train.launch import run_training
+
+    run_training(load_config(None, step.values))
+
+
+def run_prepare(step: PlannedStep) -> None:
+    from caregpt.config.loader import load_config
+    from caregpt.data.prepare import prepare
+
+    values = {**step.values, "tokenized_path": step.values.get("tokenized_path", str(step.output_dir))}
+    config = load_config(None, {k: v for k, v in values.items() if k != "output_dir"})
+    _, manifest = prepare(config, config.model.model_name_or_path)
+    step.output_dir.mkdir(parents=True, exist_ok=True)
+    (step.output_dir / "prepare_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
+
+
+def run_tune(step: PlannedStep) -> None:
+    from caregpt.tune.cli import main
+
+    step.output_dir.mkdir(parents=True, exist_ok=True)
+    path = step.output_dir / "tune_config.yaml"
+    path.write_text(yaml.safe_dump(step.values, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    _call(main, [str(path)], f"tune step {step.name!r}")
+
+
+def run_verb(module: str, prefix: tuple[str, ...] = ()) -> Callable[[PlannedStep], None]:
+    def runner(step: PlannedStep) -> None:
+        import importlib
+
+        main = importlib.import_module(module).main
+        _call(main, [*prefix, *_argv(step.values)], f"{step.uses} step {step.name!r}")
+
+    return runner
+
+
+def run_deploy(step: PlannedStep) -> None:
+    from caregpt.pipeline.deploy import deploy_and_ask
+
+    deploy_and_ask(step)
+
+
+RUNNERS: dict[str, Callable[[PlannedStep], None]] = {
+    "new-model": run_new_model,
+    **{stage: run_train for stage in ("pt", "sft", "rm", "dpo", "ppo")},
+    "prepare": run_prepare,
+    "tune": run_tune,
+    "predict": run_verb("caregpt.eval.predict_cli"),
+    "eval": run_verb("caregpt.eval.cli"),
+    "export": run_verb("caregpt.models.export_cli"),
+    "deploy": run_deploy,
+}
+
+
+def _marker(run_dir: Path, name: str) -> Path:
+    return run_dir / MARKERS / f"{name}.json"
+
+
+def _finished(run_dir: Path, step: PlannedStep) -> dict[str, Any] | None:
+    path = _marker(run_dir, step.name)
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return done if done.get("fingerprint") == step.fingerprint else None
+
+
+def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, force_from: str | None = None) -> list[StepRecord]:
+    """Run every step (or `only` some), skipping finished ones; returns one record per step."""
+    from caregpt.runtime import ensure_ray
+
+    steps = plan(spec)  # every reference and config checked before anything runs
+    names = [s.name for s in steps]
+    for name in (only or []) + ([force_from] if force_from else []):
+        if name not in names:
+            raise ValueError(f"no step named {name!r}; steps: {', '.join(names)}")
+    run_dir = Path(spec.run_dir)
+    (run_dir / MARKERS).mkdir(parents=True, exist_ok=True)
+    ensure_ray(spec.defaults.get("ray_address"))
+    records: list[StepRecord] = []
+    rerun = False  # once a step runs, later ones run too
+    for step in steps:
+        record = StepRecord(step.name, step.uses, "not run", output_dir=str(step.output_dir))
+        records.append(record)
+        if only and step.name not in only:
+            done = _finished(run_dir, step)
+            record.status, record.metrics = ("skipped", done.get("metrics", {})) if done else ("not run", {})
+            continue
+        rerun = rerun or step.name == force_from
+        done = None if rerun else _finished(run_dir, step)
+        if done:
+            record.status, record.metrics, record.seconds = "skipped", done.get("metrics", {}), done.get("seconds", 0.0)
+            record.files = done.get("files", [])
+            print(f"[pipeline] {step.name} ({step.uses}): finished earlier, skipped", flush=True)
+            continue
+        rerun = True
+        print(f"[pipeline] {step.name} ({step.uses}) -> {step.output_dir}", flush=True)
+        # the resolved options of every step, beside the report: how each output was made
+        (run_dir / MARKERS / f"{step.name}.config.yaml").write_text(
+            yaml.safe_dump({"uses": step.uses, **step.values}, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        start = time.perf_counter()
+        try:
+            RUNNERS[step.uses](step)
+        except BaseException as exc:
+            record.status, record.seconds, record.error = "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
+            write_report(spec, records)
+            raise
+        record.status, record.seconds = "ran", time.perf_counter() - start
+        record.metrics, record.files = collect_metrics(step.output_dir)
+        _marker(run_dir, step.name).write_text(json.dumps({
+            "fingerprint": step.fingerprint, "outputs": step.outputs, "metrics": record.metrics, "files": record.files,
+            "seconds": record.seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }, ensure_ascii=False, indent=2))
+        print(f"[pipeline] {step.name}: done in {record.seconds:.0f}s", flush=True)
+    write_report(spec, records)
+    return records
