@@ -1,0 +1,308 @@
+"""Multiple-choice exam accuracy: option-letter likelihood, or generate-then-parse.
+
+Likelihood (the default, as in C-Eval / CMMLU / LLaMA-Factory's evaluator): the question goes through
+the model's chat template ending in "答案：" and the generation prompt; one forward pass gives the
+next-token log-probabilities of the option letters, and the most likely letter is the answer.
+Multi-answer items (the gold answer has several letters; exams state the question type, so the
+count of right letters is not a secret) take every letter whose probability, renormalised over the
+item's own option letters, is at least 1/number-of-options (better than uniform); the top letter is
+always taken. An item is right only if the chosen set equals the gold set.
+
+Generate-then-parse: greedy generation from the same prompt, then
+:func:`caregpt.eval.choice_parse.extract_choice`; replies it cannot read are "unparsed" (scored wrong,
+their ids reported).
+
+This first version runs batched forward passes in one process (one GPU or the CPU): a 2k-question exam
+takes seconds to minutes. Corpus-scale generation belongs to Ray Data batch prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caregpt.config.loader import RESOLVED_CONFIG_NAME, ConfigError, load_config
+from caregpt.eval.choice_data import ChoiceItem, build_messages, choose_shots
+from caregpt.eval.choice_parse import extract_choice
+
+logger = logging.getLogger("caregpt.eval.choice")
+
+METHODS = ("likelihood", "generate")
+
+
+@dataclass
+class ChoiceSettings:
+    method: str = "likelihood"
+    n_shot: int = 0
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    cutoff_len: int | None = None  # default: the model's max positions
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+def checkpoint_defaults(checkpoint_dir: list[str] | None) -> dict[str, Any]:
+    """model_name_or_path / template recorded beside the last adapter by `caregpt train`, if any."""
+    import yaml
+
+    if not checkpoint_dir:
+        return {}
+    saved = Path(checkpoint_dir[-1]).expanduser() / RESOLVED_CONFIG_NAME
+    if not saved.is_file():
+        return {}
+    data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    return {k: data[k] for k in ("model_name_or_path", "template") if data.get(k)}
+
+
+def _adapter_base(path: Path) -> str:
+    import json
+
+    from caregpt.models.adapters import ADAPTER_CONFIG_NAME
+
+    try:
+        return str(json.loads((path / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path") or "unknown")
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def _attach_adapters(model, adapters: list[str], base: str):
+    """Base + LoRA adapters for inference: merged (faster forward passes), unless the base is quantised."""
+    import warnings
+
+    from peft import PeftModel
+
+    from caregpt.models.adapters import ADAPTER_CONFIG_NAME, is_quantized
+
+    for entry in adapters:
+        path = Path(entry).expanduser()
+        if not (path / ADAPTER_CONFIG_NAME).is_file():
+            raise ConfigError(f"checkpoint_dir entry {entry!r} is not an adapter directory (no {ADAPTER_CONFIG_NAME})")
+        try:
+            with warnings.catch_warnings():
+                # peft probes a transformers attribute deprecated in 5.2x: noise nobody can act on
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = PeftModel.from_pretrained(model, str(path))
+        except RuntimeError as exc:  # shape mismatches: the adapter was trained on another base
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else repr(exc))[:300]
+            raise ConfigError(
+                f"adapter {entry!r} does not fit the base model {base!r}: it was trained on "
+                f"{_adapter_base(path)!r} ({detail}); pass that base model as --model_name_or_path"
+            ) from None
+        if not is_quantized(model):
+            model = model.merge_and_unload()
+    model.eval()
+    return model
+
+
+def load_eval_model(model_name_or_path: str, checkpoint_dir: list[str] | None = None, *, template: str = "default",
+                    trust_remote_code: bool = False, device: str | None = None):
+    """(model in eval mode, tokenizer, bound chat template) for scoring."""
+    from caregpt.data.templates import get_template
+    from caregpt.data.tokenize import load_tokenizer
+    from caregpt.models.loader import load_model, resolve_model_source
+
+    config = load_config(None, {
+        "model_name_or_path": model_name_or_path,
+        "checkpoint_dir": list(checkpoint_dir or []) or None,
+        "template": template,
+        "trust_remote_code": trust_remote_code,
+    })
+    source, _ = resolve_model_source(config)  # ConfigError naming a missing / wrong directory
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    try:
+        chat = get_template(template, tokenizer)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    model = load_model(config, for_training=False, device=device)
+    model = _attach_adapters(model, list(checkpoint_dir or []), source)
+    return model, tokenizer, chat
+
+
+def _max_positions(model) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "max_position_embeddings", None)
+
+
+# ---- prompts -----------------------------------------------------------------------------------
+
+def answer_tokens(template, tokenizer, letters: str) -> tuple[list[int], dict[str, int]]:
+    """(ids every answer starts with, letter -> the id that tells the letters apart).
+
+    The answer segment is tokenized the way training saw it (the template's assistant segment), so a
+    template that writes " {assistant}" compares " A" / " B" tokens, and a tokenizer that emits a
+    shared lead token (e.g. a lone "▁") compares the token after it.
+    """
+    from caregpt.data.templates import IGNORE_INDEX
+
+    probe = [{"role": "user", "content": "?"}]
+    seqs = {}
+    for letter in letters:
+        encoded = template.encode(tokenizer, probe + [{"role": "assistant", "content": letter}])
+        seqs[letter] = [t for t, lab in zip(encoded.input_ids, encoded.labels) if lab != IGNORE_INDEX]
+    first = next(iter(seqs.values()))
+    common = 0
+    while all(len(s) > common + 1 and s[common] == first[common] for s in seqs.values()):
+        common += 1
+    ids = {letter: s[common] for letter, s in seqs.items()}
+    if len(set(ids.values())) != len(ids):
+        raise ConfigError(f"the tokenizer does not give the option letters {letters} distinct answer tokens under "
+                          f"template {template.name!r}; use --method generate")
+    return first[:common], ids
+
+
+def build_prompts(items: list[ChoiceItem], pool: list[ChoiceItem], n_shot: int, template, tokenizer,
+                  suffix: list[int], max_len: int | None) -> list[tuple[list[int], int, bool]]:
+    """(prompt ids, shots used, truncated) per item. Too long: drop shots first, then cut from the left."""
+    out = []
+    for item in items:
+        shots = choose_shots(item, pool, n_shot)
+        while True:
+            ids = template.encode_prompt(tokenizer, build_messages(item, shots)) + suffix
+            if max_len is None or len(ids) <= max_len or not shots:
+                break
+            shots = shots[:-1]
+        truncated = max_len is not None and len(ids) > max_len
+        out.append((ids[-max_len:] if truncated else ids, len(shots), truncated))
+    return out
+
+
+def _batches(lengths: list[int], size: int) -> list[list[int]]:
+    # longest first: similar lengths share a batch (little padding) and memory peaks show at once
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _left_padded(rows: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+# ---- scoring -----------------------------------------------------------------------------------
+
+def _pick(item: ChoiceItem, probs: dict[str, float]) -> str:
+    """The documented choice rule: argmax; for multi-answer items every letter at least as likely as uniform."""
+    top = max(sorted(probs), key=lambda k: probs[k])  # sorted first: ties go to the earlier letter
+    if not item.multi:
+        return top
+    floor = 1.0 / len(probs)
+    return "".join(sorted({top, *(k for k, p in probs.items() if p >= floor)}))
+
+
+def likelihood_predictions(model, tokenizer, items, prompts, letter_ids: dict[str, int], batch_size: int,
+                           progress: Callable | None = None) -> list[dict]:
+    import torch
+
+    results: list[dict | None] = [None] * len(items)
+    device = next(model.parameters()).device
+    for batch in _batches([len(p[0]) for p in prompts], batch_size):
+        ids, mask = _left_padded([prompts[i][0] for i in batch], tokenizer.pad_token_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+        with torch.inference_mode():
+            try:
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+            except TypeError:  # a model class without logits_to_keep
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, index in enumerate(batch):
+            item = items[index]
+            lp = {k: float(logprobs[row, letter_ids[k]]) for k in item.options}
+            norm = torch.softmax(torch.tensor(list(lp.values())), dim=0).tolist()
+            probs = dict(zip(lp, norm))
+            results[index] = {"predicted": _pick(item, probs), "letter_logprobs": {k: round(v, 6) for k, v in lp.items()}}
+        if progress:
+            progress(len(batch))
+    return results  # type: ignore[return-value]
+
+
+def _stop_ids(template, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for stop in template.stop_strings:
+        encoded = tokenizer.encode(stop, add_special_tokens=False)
+        if len(encoded) == 1:  # single-token stops end generation early; longer ones are cut afterwards
+            ids.append(encoded[0])
+    return list(dict.fromkeys(ids))
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> str:
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    return text.strip()
+
+
+def generate_predictions(model, tokenizer, template, items, prompts, batch_size: int, max_new_tokens: int,
+                         progress: Callable | None = None) -> list[dict]:
+    import torch
+
+    results: list[dict | None] = [None] * len(items)
+    device = next(model.parameters()).device
+    stops = _stop_ids(template, tokenizer)
+    for batch in _batches([len(p[0]) for p in prompts], batch_size):
+        ids, mask = _left_padded([prompts[i][0] for i in batch], tokenizer.pad_token_id, device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 temperature=None, top_p=None, top_k=None, eos_token_id=stops,
+                                 pad_token_id=tokenizer.pad_token_id)
+        for row, index in enumerate(batch):
+            text = _cut(tokenizer.decode(out[row, ids.shape[1]:].tolist(), skip_special_tokens=False), template.stop_strings)
+            for special in (tokenizer.pad_token, tokenizer.eos_token):
+                text = text.replace(special, "") if special else text
+            results[index] = {"predicted": extract_choice(text, items[index].options), "output": text.strip()}
+        if progress:
+            progress(len(batch))
+    return results  # type: ignore[return-value]
+
+
+def score_items(model, tokenizer, template, items: list[ChoiceItem], pool: list[ChoiceItem], settings: ChoiceSettings,
+                progress: Callable | None = None) -> list[dict]:
+    """One prediction row per item, in item order: id, subject, answer, predicted, parsed, correct, ..."""
+    if settings.method not in METHODS:
+        raise ConfigError(f"method={settings.method!r}; use one of {', '.join(METHODS)}")
+    limits = [x for x in (_max_positions(model), settings.cutoff_len) if x]
+    max_len = min(limits) if limits else None
+    if settings.method == "likelihood":
+        suffix, letter_ids = answer_tokens(template, tokenizer, "".join(sorted({k for i in items for k in i.options})))
+        prompts = build_prompts(items, pool, settings.n_shot, template, tokenizer, suffix, max_len)
+        found = likelihood_predictions(model, tokenizer, items, prompts, letter_ids, settings.batch_size, progress)
+    else:
+        room = None if max_len is None else max(1, max_len - settings.max_new_tokens)
+        prompts = build_prompts(items, pool, settings.n_shot, template, tokenizer, [], room)
+        found = generate_predictions(model, tokenizer, template, items, prompts, settings.batch_size,
+                                     settings.max_new_tokens, progress)
+    rows = []
+    for item, (_, shots, truncated), extra in zip(items, prompts, found):
+        predicted = extra.pop("predicted")
+        rows.append({"id": item.id, "subject": item.subject, "answer": item.answer, "predicted": predicted,
+                     "parsed": predicted is not None, "correct": predicted == item.answer,
+                     "shots": shots, "truncated": truncated, **extra})
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    """Overall and per-subject accuracy (percent, 4 decimals), counts, and the ids that could not be parsed."""
+    def block(part: list[dict]) -> dict[str, Any]:
+        correct = sum(1 for r in part if r["correct"])
+        return {"accuracy": round(100.0 * correct / len(part), 4) if part else 0.0, "correct": correct,
+                "total": len(part), "unparsed": sum(1 for r in part if not r["parsed"])}
+
+    subjects: dict[str, list[dict]] = {}
+    for row in rows:
+        subjects.setdefault(row["subject"], []).append(row)
+    return {
+        **block(rows),
+        "subjects": {name: block(part) for name, part in sorted(subjects.items())},
+        "unparsed_ids": [r["id"] for r in rows if not r["parsed"]],
+        "multi_answer_items": sum(1 for r in rows if len(r["answer"]) > 1),
+        "truncated_prompts": sum(1 for r in rows if r["truncated"]),
+    }
