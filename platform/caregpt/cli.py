@@ -156,6 +156,8 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "predict": (_delegate("caregpt.eval.predict_cli"), "batch generation over a dataset on Ray Data model actors (+ BLEU/ROUGE)"),
     "eval": (_delegate("caregpt.eval.cli"), "metrics: generation (BLEU-4, ROUGE), multiple-choice exams, run comparison"),
     "export": (_delegate("caregpt.models.export_cli"), "merge LoRA/QLoRA adapters into a standalone model directory"),
+    "kb": (_delegate("caregpt.kb.cli"), "knowledge base: ingest documents, search (BM25 / dense / hybrid), info"),
+    "triage": (_delegate("caregpt.medical.triage_cli"), "recommend departments (导诊) for a symptom description, with reasons"),
     "run": (_delegate("caregpt.pipeline.cli"), "run a pipeline: new-model, pt, sft, dpo, ..., eval, export, deploy in order"),
     "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),

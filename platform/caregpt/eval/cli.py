@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    usage = "caregpt eval --task {generation,choice} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
+    usage = "caregpt eval --task {generation,choice,triage,safety} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
     p = _Parser(prog="caregpt eval", usage=usage, add_help=False, description=DESCRIPTION, epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("generation", "choice"), help="what to evaluate (required)")
@@ -265,6 +265,12 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(build_parser().format_help())
         return 0 if argv else 2
+    for i, arg in enumerate(argv):  # the medical tasks live with the medical layer (caregpt.medical)
+        task = arg.split("=", 1)[1] if arg.startswith("--task=") else argv[i + 1] if arg == "--task" and i + 1 < len(argv) else None
+        if task in ("triage", "safety"):
+            from caregpt.medical.eval_cli import main as medical_main
+
+            return medical_main(argv)
     if argv[0] == "compare":
         if not argv[1:] or any(a in ("-h", "--help") for a in argv[1:]):
             print("usage: caregpt eval compare RUN_DIR [RUN_DIR ...]\n\nA Markdown table of the eval_report.json of "
