@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(VENV)/bin/python -m pip
 STAMP := $(VENV)/.caregpt-installed
 
-.PHONY: venv demo test test-fast clean-venv
+.PHONY: venv demo test test-fast clean-venv system-deps
 
 venv: $(STAMP)
 
@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/python jobs/demo.py --workdir .demo
 
+# System packages the end-to-end tests drive: headless Chromium + a CJK font (web chat), Redis (GCS fault tolerance).
+APT_PACKAGES ?= chromium fonts-wqy-zenhei redis-server
+system-deps:
+	@missing=""; for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 # The whole test suite (unit, real local Ray, end-to-end).
-test: venv
+test: venv system-deps
 	CAREGPT_PROGRESS=0 $(VENV)/bin/python -m pytest -q -ra --durations=15 tests
 
 test-fast: venv

@@ -158,6 +158,8 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export": (_delegate("caregpt.models.export_cli"), "merge LoRA/QLoRA adapters into a standalone model directory"),
     "kb": (_delegate("caregpt.kb.cli"), "knowledge base: ingest documents, search (BM25 / dense / hybrid), info"),
     "triage": (_delegate("caregpt.medical.triage_cli"), "recommend departments (导诊) for a symptom description, with reasons"),
+    "chat": (_delegate("caregpt.chat"), "chat in the terminal with a served API (--api-base) or a local model (streaming)"),
+    "webui": (_delegate("caregpt.webui"), "Gradio web chat against any OpenAI-compatible API (streaming, citations)"),
     "run": (_delegate("caregpt.pipeline.cli"), "run a pipeline: new-model, pt, sft, dpo, ..., eval, export, deploy in order"),
     "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
