@@ -47,11 +47,16 @@ def _tokenizer_for(config) -> str:
 
 def cmd_data(argv: list[str]) -> int:
     action = argv[0] if argv and not argv[0].startswith("-") else None
+    if action in DATA_TOOLS:
+        return _delegate(DATA_TOOLS[action])(argv[1:])
     if action not in ("check", "prepare"):
         print(
-            "usage: caregpt data {check,prepare} " + RUN_USAGE + "\n\n"
+            "usage: caregpt data {check,prepare,deid,export} ...\n\n"
             "  check    count records, show invalid ones with file:line, token length statistics\n"
             "  prepare  tokenize once into parquet (reused by training; --overwrite_cache to redo)\n"
+            "  deid     mask personal identifiers (names, ID numbers, phones, emails, addresses, record numbers, dates)\n"
+            "  export   a registered SFT dataset to OpenAI chat fine-tuning JSONL (--format openai-chat), validated\n\n"
+            "Run `caregpt data ACTION --help` for an action's options.\n"
         )
         return 0 if _wants_help(argv) else 2
     rest = argv[1:]
@@ -150,6 +155,8 @@ def _delegate(module: str) -> Callable[[list[str]], int]:
     return run
 
 
+DATA_TOOLS = {"deid": "caregpt.data.deid_cli", "export": "caregpt.data.openai_export_cli"}
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train a stage (pt, sft, rm, dpo, ppo) on Ray Train with CareGPT's flags"),
     "tune": (cmd_tune, "search LoRA rank / alpha / learning rate (any keys) with Ray Tune over a training stage"),
@@ -160,15 +167,17 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "triage": (_delegate("caregpt.medical.triage_cli"), "recommend departments (导诊) for a symptom description, with reasons"),
     "chat": (_delegate("caregpt.chat"), "chat in the terminal with a served API (--api-base) or a local model (streaming)"),
     "webui": (_delegate("caregpt.webui"), "Gradio web chat against any OpenAI-compatible API (streaming, citations)"),
+    "distill": (_delegate("caregpt.distill.cli"), "generate training / knowledge data from any OpenAI-compatible teacher model"),
+    "openai-finetune": (_delegate("caregpt.data.openai_finetune"), "upload a chat JSONL and start a fine-tuning job on an OpenAI-compatible service"),
     "run": (_delegate("caregpt.pipeline.cli"), "run a pipeline: new-model, pt, sft, dpo, ..., eval, export, deploy in order"),
-    "data": (cmd_data, "check or prepare (tokenize) datasets from dataset_info.json"),
+    "data": (cmd_data, "datasets: check, prepare (tokenize), deid (mask identifiers), export (OpenAI chat JSONL)"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
 }
 
 
 def _usage() -> str:
     lines = [f"caregpt {__version__}: train, evaluate and serve medical LLMs on Ray", "", "usage: caregpt <verb> [options]", "", "verbs:"]
-    lines += [f"  {name:<12}{summary}" for name, (_, summary) in VERBS.items()]
+    lines += [f"  {name:<16}{summary}" for name, (_, summary) in VERBS.items()]
     lines += ["", "Run `caregpt <verb> --help` for the options of a verb."]
     return "\n".join(lines)
 
