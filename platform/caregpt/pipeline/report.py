@@ -12,7 +12,7 @@ from typing import Any
 METRIC_FILES = ("all_results.json", "predict_results.json", "eval_results.json", "choice_results.json", "caregpt_export.json",
                 "prepare_manifest.json", "deploy_result.json", "eval_report.json")
 SHOWN = ("train_loss", "eval_loss", "step", "tokens_seen", "records_used", "records_rejected", "bleu-4", "rouge-1", "rouge-2",
-         "rouge-l", "accuracy", "rewards/accuracies", "ttft_seconds", "answer_chars")
+         "rouge-l", "predict_bleu-4", "predict_rouge-l", "accuracy", "rewards/accuracies", "ttft_seconds", "answer_chars")
 
 
 def _numbers(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import math
 import shutil
 import time
@@ -266,7 +267,8 @@ def _progress(step: int, total: int, metrics: dict[str, float], seconds_per_step
     filled, remaining = int(20 * step / total), seconds_per_step * (total - step)
     parts = [f"step {step}/{total}", f"reward {metrics['reward_mean']:.4f}", f"kl {metrics['kl']:.3f}", f"kl_coef {metrics['kl_coef']:.4f}"]
     parts += [f"len {metrics['response_len']:.1f}", f"eta {int(remaining // 60)}m{int(remaining % 60):02d}s"]
-    print(f"[caregpt] [{'#' * filled}{'.' * (20 - filled)}] " + " | ".join(parts), flush=True)
+    sys.__stdout__.write(f"[caregpt] [{'#' * filled}{'.' * (20 - filled)}] " + " | ".join(parts) + "\n")  # see trainer._progress_line
+    sys.__stdout__.flush()
 
 
 def total_steps(config, prompts: int, world: int) -> int:
@@ -309,9 +311,9 @@ def ppo_loop(config, loop_config: dict[str, Any]) -> None:
 
     from caregpt.train.data import TokenDataset
     from caregpt.train.rewards import get_reward
-    from caregpt.train.worker import _restore, scratch_dir
+    from caregpt.train.worker import _restore, quiet_ray_train_logs, scratch_dir
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    quiet_ray_train_logs()
     validate_ppo(config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,10 @@ def _progress_line(state, metrics: dict[str, Any], elapsed: float) -> None:
     if total:
         filled = int(20 * step / total)
         bar = "[" + "#" * filled + "." * (20 - filled) + "] "
-    print(f"[caregpt] {bar}" + " | ".join(parts), flush=True)
+    # straight to the process's stdout: Ray Train patches print() to also log through the root logger, which
+    # showed every progress line twice in the driver's output
+    sys.__stdout__.write(f"[caregpt] {bar}" + " | ".join(parts) + "\n")
+    sys.__stdout__.flush()
 
 
 def write_history(log_history: list[dict[str, Any]], path: Path) -> None:

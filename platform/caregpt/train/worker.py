@@ -123,6 +123,12 @@ def _checkpoint_step(path: str | None) -> int:
     return int(json.loads(state.read_text())["global_step"]) if state and state.is_file() else 0
 
 
+def quiet_ray_train_logs() -> None:
+    """Ray Train logs every report at INFO from its own child loggers; our progress line says what matters."""
+    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def scratch_dir(context, kind: str = "train") -> Path:
     """This rank's local working folder, named after the run.
 
@@ -154,7 +160,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
         return ppo_loop(config, loop_config)
     # Ray Train logs every report at INFO; our progress line already says what matters per step
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    quiet_ray_train_logs()
     context = ray.train.get_context()
     use_gpu = config.ray.use_gpu
     if not use_gpu and loop_config.get("threads"):
