@@ -15,17 +15,14 @@ SHOWN = ("train_loss", "eval_loss", "step", "tokens_seen", "records_used", "reco
          "rouge-l", "predict_bleu-4", "predict_rouge-l", "accuracy", "rewards/accuracies", "ttft_seconds", "answer_chars")
 
 
-def _numbers(data: Any, prefix: str = "") -> dict[str, Any]:
+def _numbers(data: Any) -> dict[str, Any]:
+    """Top-level numbers, plus those under `metrics` / `counts` (an eval report); never the echoed config."""
     out: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)):
-                out[name] = value
-            elif isinstance(value, dict) and not prefix:  # one level down: {"metrics": {...}}
-                out.update(_numbers(value, ""))
+    if not isinstance(data, dict):
+        return out
+    for section in (data, data.get("metrics"), data.get("counts")):
+        if isinstance(section, dict):
+            out.update({k: v for k, v in section.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return out
 
 
