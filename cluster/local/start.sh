@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start a real two-node Ray cluster on this machine: a head node and one worker
-# node, both driven by `ray start`, sharing one temp dir.
+# Start a real multi-node Ray cluster on this machine: a head node and one worker
+# node, both driven by `ray start`, sharing one temp dir; optionally more worker
+# nodes (start_worker.sh) and GCS fault tolerance on an external Redis.
 #
 # Environment (all optional):
 #   CAREGPT_RAY_PORT               GCS port of the head node            (6390)
@@ -11,9 +12,19 @@
 #   CAREGPT_RAY_OBJECT_STORE_BYTES object store size per node           (2147483648)
 #   CAREGPT_RAY_AUTH_MODE          token | disabled                     (token)
 #   CAREGPT_RAY_START_TIMEOUT      seconds to wait for both nodes       (60)
+#   CAREGPT_RAY_START_ATTEMPTS     tries per `ray start` that times out  (3)
 #   CAREGPT_RAY_CLIENT_PORT, CAREGPT_RAY_HEAD_AGENT_PORT, CAREGPT_RAY_WORKER_AGENT_PORT
 #                                  fixed ports for Ray Client and the dashboard agents
 #                                  (default: free ports picked at start)
+#   CAREGPT_RAY_METRICS_PORT, CAREGPT_RAY_WORKER_METRICS_PORT
+#                                  Prometheus endpoints (`--metrics-export-port`) of the
+#                                  head and the worker node (default: free ports)
+#   CAREGPT_RAY_EXTRA_NODES        names of more worker nodes to add, e.g. "node_b": each
+#                                  is started by start_worker.sh NAME (resource NAME=1)
+#   CAREGPT_RAY_REDIS_ADDRESS      host:port of an external Redis: turns on GCS fault
+#                                  tolerance (the head can be restarted, see restart_head.sh)
+#   CAREGPT_RAY_REDIS_PASSWORD_FILE file holding that Redis' password (optional)
+#   CAREGPT_RAY_GCS_RECONNECT_TIMEOUT_S  with Redis: how long nodes wait for a lost GCS (300)
 #   RAY_BIN                        the `ray` executable (default: .venv/bin/ray, else PATH)
 #   RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN
 #                                  use this token instead of generating one (token mode)
@@ -33,9 +44,16 @@ tmp="${CAREGPT_RAY_TMP:-/tmp/caregpt-ray}"
 store_bytes="${CAREGPT_RAY_OBJECT_STORE_BYTES:-2147483648}"
 auth_mode="${CAREGPT_RAY_AUTH_MODE:-token}"
 start_timeout="${CAREGPT_RAY_START_TIMEOUT:-60}"
+start_attempts="${CAREGPT_RAY_START_ATTEMPTS:-3}"
 client_port="${CAREGPT_RAY_CLIENT_PORT:-}"
 head_agent_port="${CAREGPT_RAY_HEAD_AGENT_PORT:-}"
 worker_agent_port="${CAREGPT_RAY_WORKER_AGENT_PORT:-}"
+head_metrics_port="${CAREGPT_RAY_METRICS_PORT:-}"
+worker_metrics_port="${CAREGPT_RAY_WORKER_METRICS_PORT:-}"
+extra_nodes="${CAREGPT_RAY_EXTRA_NODES:-}"
+redis_address="${CAREGPT_RAY_REDIS_ADDRESS:-}"
+redis_password_file="${CAREGPT_RAY_REDIS_PASSWORD_FILE:-}"
+gcs_reconnect_s="${CAREGPT_RAY_GCS_RECONNECT_TIMEOUT_S:-300}"
 
 exec 3>&2   # the caller's stderr, for messages from traps
 say() { echo "start.sh: $*"; }
@@ -44,37 +62,33 @@ die() { local code="$1"; shift; echo "start.sh: error: $*" >&2; exit "$code"; }
 for pair in "CAREGPT_RAY_PORT=$port" "CAREGPT_DASHBOARD_PORT=$dash_port" \
             "CAREGPT_RAY_NUM_CPUS=$head_cpus" "CAREGPT_RAY_WORKER_NUM_CPUS=$worker_cpus" \
             "CAREGPT_RAY_OBJECT_STORE_BYTES=$store_bytes" "CAREGPT_RAY_START_TIMEOUT=$start_timeout" \
+            "CAREGPT_RAY_START_ATTEMPTS=$start_attempts" \
             "CAREGPT_RAY_CLIENT_PORT=${client_port:-0}" "CAREGPT_RAY_HEAD_AGENT_PORT=${head_agent_port:-0}" \
-            "CAREGPT_RAY_WORKER_AGENT_PORT=${worker_agent_port:-0}"; do
+            "CAREGPT_RAY_WORKER_AGENT_PORT=${worker_agent_port:-0}" \
+            "CAREGPT_RAY_METRICS_PORT=${head_metrics_port:-0}" \
+            "CAREGPT_RAY_WORKER_METRICS_PORT=${worker_metrics_port:-0}" \
+            "CAREGPT_RAY_GCS_RECONNECT_TIMEOUT_S=$gcs_reconnect_s"; do
   [[ "${pair#*=}" =~ ^[0-9]+$ ]] || die 64 "${pair%%=*} must be a non-negative integer, got '${pair#*=}'"
 done
 [[ "$port" != "$dash_port" ]] || die 64 "CAREGPT_RAY_PORT and CAREGPT_DASHBOARD_PORT must differ"
+for name in $extra_nodes; do
+  [[ "$name" =~ ^[A-Za-z][A-Za-z0-9_]{0,31}$ && ! "$name" =~ ^(head|worker)(_node)?$ ]] \
+    || die 64 "CAREGPT_RAY_EXTRA_NODES: '$name' is not a valid node name (letters, digits, _; not head/worker)"
+done
+(( start_attempts >= 1 )) || die 64 "CAREGPT_RAY_START_ATTEMPTS must be at least 1"
+if [[ -n "$redis_address" ]]; then
+  [[ "$redis_address" =~ ^(redis://)?[A-Za-z0-9._-]+:[0-9]+$ ]] \
+    || die 64 "CAREGPT_RAY_REDIS_ADDRESS must be host:port, got '$redis_address'"
+fi
+if [[ -n "$redis_password_file" ]]; then
+  [[ -n "$redis_address" ]] || die 64 "CAREGPT_RAY_REDIS_PASSWORD_FILE needs CAREGPT_RAY_REDIS_ADDRESS"
+  [[ -s "$redis_password_file" ]] || die 64 "CAREGPT_RAY_REDIS_PASSWORD_FILE=$redis_password_file is missing or empty"
+fi
 
 # --- which ray / python -------------------------------------------------------
-if [[ -n "${RAY_BIN:-}" ]]; then
-  ray_bin="$RAY_BIN"
-elif [[ -x "$repo/.venv/bin/ray" ]]; then
-  ray_bin="$repo/.venv/bin/ray"
-else
-  ray_bin="ray"
-fi
-if [[ "$ray_bin" != */* ]]; then
-  ray_bin="$(command -v "$ray_bin" || true)"
-fi
-[[ -n "$ray_bin" && -x "$ray_bin" ]] \
-  || die 64 "no 'ray' executable found (set RAY_BIN, or create $repo/.venv)"
-ray_bin_dir="$(cd "$(dirname "$ray_bin")" && pwd)"
-ray_bin="$ray_bin_dir/$(basename "$ray_bin")"
-if [[ -x "$ray_bin_dir/python" ]]; then
-  py="$ray_bin_dir/python"          # the interpreter that owns this ray install
-else
-  py="$(command -v python3 || true)"
-  [[ -n "$py" ]] || die 64 "no python next to $ray_bin and no python3 on PATH"
-fi
-
-port_open() {  # port_open PORT -> 0 if something accepts TCP connections on 127.0.0.1:PORT
-  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+resolve_ray
 
 # --- already running? ---------------------------------------------------------
 state="$tmp/caregpt-local"          # our bookkeeping (Ray never writes here)
@@ -121,12 +135,14 @@ if compgen -G "$state/*.sid" >/dev/null; then
   say "clearing leftovers of an earlier cluster in $tmp"
   CAREGPT_RAY_TMP="$tmp" RAY_BIN="$ray_bin" "$here/stop.sh" >/dev/null 2>&1 || true
 fi
-rm -f "$state"/*.sid "$state/pids" "$state/token_generated" "$env_file"
+rm -f "$state"/*.sid "$state"/*.args "$state/pids" "$state/token_generated" \
+      "$state/node.env" "$state/nodes" "$state/redis_address" "$env_file"
 
 # --- free ports for the pieces Ray would otherwise put on fixed defaults ------
 # (Ray Client 10001 and the dashboard agent 52365 would collide with other
-#  clusters on this machine and between our own two nodes.)
-read -r client_ok p1 p2 p3 < <("$py" - <<'PY'
+#  clusters on this machine and between our own two nodes; Ray would pick a
+#  random metrics port, which Prometheus could not be pointed at in advance.)
+read -r client_ok p1 p2 p3 p4 p5 p6 p7 p8 p9 p10 p11 < <("$py" - <<'PY'
 import socket
 try:
     from ray._private.utils import get_ray_client_dependency_error
@@ -134,7 +150,7 @@ try:
 except Exception:
     ok = True
 socks = []
-for _ in range(3):
+for _ in range(11):
     s = socket.socket()
     s.bind(("", 0))
     socks.append(s)
@@ -144,6 +160,16 @@ PY
 [[ -n "$client_port" ]] || client_port="$p1"
 [[ -n "$head_agent_port" ]] || head_agent_port="$p2"
 [[ -n "$worker_agent_port" ]] || worker_agent_port="$p3"
+[[ -n "$head_metrics_port" ]] || head_metrics_port="$p4"
+[[ -n "$worker_metrics_port" ]] || worker_metrics_port="$p5"
+# Fixed agent gRPC / runtime-env ports also keep each raylet from blocking on the
+# agents' port files: Ray 2.60's raylet aborts when a slow agent (a loaded 2-core
+# machine: imports alone can take 20 s) has not written them within ~20 s.
+head_agent_ports=(--dashboard-agent-grpc-port "$p6" --runtime-env-agent-port "$p7")
+worker_agent_ports=(--dashboard-agent-grpc-port "$p8" --runtime-env-agent-port "$p9")
+# The dashboard's and the autoscaler's own Prometheus endpoints (Ray's fixed 44227 / 44217
+# would collide between clusters, and Prometheus would scrape another cluster's numbers).
+export DASHBOARD_METRIC_PORT="$p10" AUTOSCALER_METRIC_PORT="$p11"
 
 # --- authentication -----------------------------------------------------------
 # Ray 2.60 token auth: servers and clients read RAY_AUTH_MODE=token and the token
@@ -179,32 +205,29 @@ esac
 export PATH="$ray_bin_dir:$PATH"    # `python` in job entrypoints = the venv python
 export RAY_USAGE_STATS_ENABLED=0
 export CAREGPT_RAY_CLUSTER_TAG="$tmp"   # marker stop.sh can look for
-unset RAY_ADDRESS RAY_API_SERVER_ADDRESS
+unset RAY_ADDRESS RAY_API_SERVER_ADDRESS RAY_REDIS_ADDRESS
 
-# Run a command as the leader of a new session and record the session id: every
-# process `ray start` spawns (gcs, raylet, dashboard, agents, workers) stays in
-# that session, which is how stop.sh finds exactly this cluster.
-new_session() {  # new_session SID_FILE CMD...
-  "$py" -c '
-import os, sys
-sid_file, argv = sys.argv[1], sys.argv[2:]
-if os.getpgrp() == os.getpid():      # a group leader cannot setsid(); fork first
-    pid = os.fork()
-    if pid:
-        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-os.setsid()
-with open(sid_file, "w") as f:
-    f.write(str(os.getsid(0)))
-os.execv(argv[0], argv)
-' "$@"
-}
+# GCS fault tolerance: the head keeps cluster state in Redis; every node (and every
+# worker process) waits up to gcs_reconnect_s for a lost GCS instead of Ray's 60 s,
+# long enough for a head restart on a loaded laptop. The namespace keeps two clusters
+# on one Redis apart and stays the same when the head restarts.
+head_ft_args=()
+if [[ -n "$redis_address" ]]; then
+  export RAY_gcs_rpc_server_reconnect_timeout_s="$gcs_reconnect_s"
+  export RAY_external_storage_namespace="caregpt-$port-$(printf '%s' "$tmp" | cksum | cut -d' ' -f1)"
+  if [[ -n "$redis_password_file" ]]; then
+    # Ray takes the password only as a flag: it shows in `ps` to users of this machine, and
+    # state/head.args keeps it (mode 600) for restart_head.sh. Use a password for this cluster only.
+    head_ft_args=(--redis-username default --redis-password "$(cat "$redis_password_file")")
+  fi
+fi
 
 cleanup_failed_start() {
   CAREGPT_RAY_TMP="$tmp" RAY_BIN="$ray_bin" "$here/stop.sh" >/dev/null 2>&1 || true
 }
 
 # From here on, an interrupted or failed start takes down what it started.
-trap 'echo "start.sh: interrupted; stopping what was started" >&3; cleanup_failed_start; exit 130' INT TERM
+trap 'echo "start.sh: interrupted; stopping what was started" >&3 2>/dev/null; cleanup_failed_start; exit 130' INT TERM HUP PIPE
 
 "$py" -c 'import time; print(time.time())' > "$state/started_at"
 echo "$port" > "$state/port"
@@ -216,26 +239,54 @@ common_args=(--temp-dir "$tmp" --object-store-memory "$store_bytes"
 
 head_args=(start --head --port "$port"
            --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dash_port"
-           --dashboard-agent-listen-port "$head_agent_port"
-           --num-cpus "$head_cpus" --resources '{"head_node": 1}' "${common_args[@]}")
+           --dashboard-agent-listen-port "$head_agent_port" "${head_agent_ports[@]}"
+           --metrics-export-port "$head_metrics_port"
+           --num-cpus "$head_cpus" --resources '{"head_node": 1}' "${common_args[@]}"
+           ${head_ft_args[@]+"${head_ft_args[@]}"})
 if [[ "$client_ok" == 1 ]]; then
   head_args+=(--ray-client-server-port "$client_port")
 fi
 
-say "starting head node (GCS 127.0.0.1:$port, dashboard 127.0.0.1:$dash_port, $head_cpus CPUs, auth=$RAY_AUTH_MODE)"
-if ! new_session "$state/head.sid" "$ray_bin" "${head_args[@]}" > "$state/head-start.log" 2>&1 3>&-; then
+# What start_worker.sh and restart_head.sh replay: the environment every node gets,
+# the arguments common to all nodes, and the head's own (mode 600: the Redis password).
+{
+  echo "export PATH=$(printf '%q' "$PATH")"
+  for var in RAY_USAGE_STATS_ENABLED CAREGPT_RAY_CLUSTER_TAG RAY_AUTH_MODE RAY_AUTH_TOKEN_PATH \
+             RAY_gcs_rpc_server_reconnect_timeout_s RAY_external_storage_namespace \
+             DASHBOARD_METRIC_PORT AUTOSCALER_METRIC_PORT; do
+    if [[ -n "${!var:-}" ]]; then echo "export $var=$(printf '%q' "${!var}")"; fi
+  done
+  echo "unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_API_SERVER_ADDRESS"
+  if [[ "$RAY_AUTH_MODE" == disabled ]]; then echo "unset RAY_AUTH_TOKEN_PATH"; fi
+} > "$state/node.env"
+save_args "$state/common.args" "${common_args[@]}"
+save_args "$state/head.args" "${head_args[@]}"
+echo "$redis_address" > "$state/redis_address"
+{
+  echo "# name cpus resource metrics_port"
+  echo "head $head_cpus head_node $head_metrics_port"
+  echo "worker $worker_cpus worker_node $worker_metrics_port"
+} > "$state/nodes"
+
+say "starting head node (GCS 127.0.0.1:$port, dashboard 127.0.0.1:$dash_port, $head_cpus CPUs, auth=$RAY_AUTH_MODE${redis_address:+, GCS state in Redis $redis_address})"
+# Only the head reads RAY_REDIS_ADDRESS (an empty value would not mean "unset" to every reader).
+[[ -z "$redis_address" ]] || export RAY_REDIS_ADDRESS="$redis_address"
+if ! start_node "$state/head.sid" "$state/head-start.log" "$start_attempts" "$ray_bin" "${head_args[@]}"; then
   tail -n 30 "$state/head-start.log" >&2 || true
   cleanup_failed_start
   die 1 "'ray start --head' failed; full log: $state/head-start.log"
 fi
 
+unset RAY_REDIS_ADDRESS
+
 worker_args=(start --address "127.0.0.1:$port"
-             --dashboard-agent-listen-port "$worker_agent_port"
+             --dashboard-agent-listen-port "$worker_agent_port" "${worker_agent_ports[@]}"
+             --metrics-export-port "$worker_metrics_port"
              --num-cpus "$worker_cpus" --resources '{"worker_node": 1}'
              --include-log-monitor false "${common_args[@]}")
 
 say "starting worker node ($worker_cpus CPUs, custom resource worker_node=1)"
-if ! new_session "$state/worker.sid" "$ray_bin" "${worker_args[@]}" > "$state/worker-start.log" 2>&1 3>&-; then
+if ! start_node "$state/worker.sid" "$state/worker-start.log" "$start_attempts" "$ray_bin" "${worker_args[@]}"; then
   tail -n 30 "$state/worker-start.log" >&2 || true
   cleanup_failed_start
   die 1 "'ray start --address 127.0.0.1:$port' (worker node) failed; full log: $state/worker-start.log"
@@ -243,45 +294,7 @@ fi
 
 # --- wait until both nodes are ALIVE (through the dashboard's state API) ------
 say "waiting up to ${start_timeout}s for 2 alive nodes"
-if ! "$py" - "http://127.0.0.1:$dash_port" "$start_timeout" "$state" <<'PY'
-import glob, os, sys, time
-
-url, timeout, state = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-from ray.util.state import list_nodes
-
-deadline = time.time() + timeout
-last = "no answer yet"
-while True:
-    try:
-        nodes = list_nodes(address=url, filters=[("state", "=", "ALIVE")],
-                           raise_on_missing_output=False, timeout=5)
-        heads = [n for n in nodes if n.is_head_node]
-        workers = [n for n in nodes if n.resources_total.get("worker_node")]
-        if heads and workers:
-            break
-        last = f"{len(nodes)} alive node(s): head={len(heads)} worker={len(workers)}"
-    except Exception as exc:  # dashboard still booting, auth problems, ...
-        last = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    if time.time() > deadline:
-        print(f"timed out after {timeout:.0f}s waiting for the head and the worker "
-              f"node to be ALIVE; last status: {last}", file=sys.stderr)
-        sys.exit(1)
-    time.sleep(1)
-
-# Record the processes of this cluster (informational; stop.sh re-scans).
-try:
-    import psutil
-    sids = {int(open(p).read()) for p in glob.glob(os.path.join(state, "*.sid"))}
-    with open(os.path.join(state, "pids"), "w") as f:
-        for p in psutil.process_iter(["pid", "name"]):
-            try:
-                if os.getsid(p.pid) in sids:
-                    f.write(f"{p.pid} {p.info['name']}\n")
-            except OSError:
-                pass
-except Exception:
-    pass
-PY
+if ! wait_for_nodes "http://127.0.0.1:$dash_port" "$start_timeout" "$state" worker_node
 then
   echo "--- head-start.log (tail) ---" >&2; tail -n 15 "$state/head-start.log" >&2 || true
   echo "--- worker-start.log (tail) ---" >&2; tail -n 15 "$state/worker-start.log" >&2 || true
@@ -289,8 +302,6 @@ then
   cleanup_failed_start
   die 1 "the cluster did not come up within ${start_timeout}s (stopped what was started)"
 fi
-
-trap - INT TERM
 
 # --- client env file ------------------------------------------------------------
 {
@@ -307,18 +318,31 @@ trap - INT TERM
   echo "export CAREGPT_RAY_PORT=$port"
   echo "export CAREGPT_DASHBOARD_PORT=$dash_port"
   echo "export CAREGPT_RAY_DASHBOARD_URL=http://127.0.0.1:$dash_port"
+  # Prometheus file_sd targets of every alive node, kept up to date by the head
+  echo "export CAREGPT_RAY_PROMETHEUS_SD=$tmp/session_latest/prom_metrics_service_discovery.json"
 } > "$env_file"
 
+# --- more worker nodes ------------------------------------------------------------
+for name in $extra_nodes; do
+  if ! CAREGPT_RAY_TMP="$tmp" RAY_BIN="$ray_bin" CAREGPT_RAY_START_TIMEOUT="$start_timeout" \
+       "$here/start_worker.sh" "$name" 3>&-; then
+    cleanup_failed_start
+    die 1 "could not add worker node '$name' (stopped the whole cluster)"
+  fi
+done
+trap - INT TERM HUP PIPE
+
+node_count=$(grep -vc '^#' "$state/nodes")
 cat <<EOF
 
-caregpt local Ray cluster is up: 2 nodes
-  head node    : $head_cpus CPU, resource head_node=1
-  worker node  : $worker_cpus CPU, resource worker_node=1
+caregpt local Ray cluster is up: $node_count nodes
+$(awk '!/^#/ { printf "  %-12s : %s CPU, resource %s=1, metrics http://127.0.0.1:%s/metrics\n", $1, $2, $3, $4 }' "$state/nodes")
   address      : 127.0.0.1:$port        (ray.init(address=...), RAY_ADDRESS)
   dashboard    : http://127.0.0.1:$dash_port   (also the job/REST API)
   auth         : RAY_AUTH_MODE=$RAY_AUTH_MODE${token_file:+, token file $token_file}
   client env   : $env_file
   logs         : $tmp/session_latest/logs
+  GCS state    : ${redis_address:-in memory (no fault tolerance)}
 
 Connect (the env file sets RAY_ADDRESS and the auth variables; set them before python starts):
   source $env_file
@@ -333,6 +357,6 @@ if [[ -n "$token_file" ]]; then
 fi
 cat <<EOF
 
-Stop:
-  CAREGPT_RAY_TMP=$tmp $here/stop.sh
+Add a worker node:  CAREGPT_RAY_TMP=$tmp $here/start_worker.sh node_b
+Stop:               CAREGPT_RAY_TMP=$tmp $here/stop.sh
 EOF

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Show the state of the local cluster started by cluster/local/start.sh in
-# $CAREGPT_RAY_TMP (default /tmp/caregpt-ray): its processes and `ray status`.
+# $CAREGPT_RAY_TMP (default /tmp/caregpt-ray): its nodes (start_worker.sh ones
+# included), their processes and `ray status`.
 # Exit code: 0 running, 3 not running.
 set -uo pipefail
 
@@ -37,6 +38,13 @@ fi
 echo "== environment ($env_file)"
 grep '^export' "$env_file"
 echo
+if [[ -f "$state/nodes" ]]; then
+  echo "== nodes (started by start.sh / start_worker.sh)"
+  awk '!/^#/ { printf "%-12s %s CPU, resource %s, metrics http://127.0.0.1:%s/metrics\n", $1, $2, $3, $4 }' "$state/nodes"
+  redis="$(cat "$state/redis_address" 2>/dev/null || true)"
+  echo "GCS state: ${redis:-in memory (no fault tolerance)}"
+  echo
+fi
 echo "== processes (sessions ${sids[*]})"
 ps -e -o pid=,sid=,etime=,comm= | awk -v s=" ${sids[*]} " 'index(s, " " $2 " ") { print }'
 echo

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Stop exactly the Ray cluster that cluster/local/start.sh started in
-# $CAREGPT_RAY_TMP (default /tmp/caregpt-ray), and nothing else.
+# $CAREGPT_RAY_TMP (default /tmp/caregpt-ray), and nothing else: the head, the
+# worker node and every node start_worker.sh added (each has its *.sid file).
 #
 # `ray stop` cannot be used: in Ray 2.60 it has no address/temp-dir scope and kills
 # every raylet/gcs_server/dashboard of the current user on the machine.
 #
 # How processes are found (all of them, before any is signalled):
-#   1. every process in the sessions recorded by start.sh ($tmp/caregpt-local/*.sid,
-#      start.sh runs each `ray start` with setsid) created after the recorded start;
+#   1. every process in the sessions recorded by start.sh / start_worker.sh /
+#      restart_head.sh ($tmp/caregpt-local/*.sid, each `ray start` runs with setsid)
+#      created after the recorded start;
 #   2. every process whose environment carries CAREGPT_RAY_CLUSTER_TAG=$tmp
 #      (start.sh exports it; Ray processes inherit it);
 #   3. every Ray process whose command line points into $tmp/session_* ;
@@ -28,7 +30,7 @@ purge=0
 for arg in "$@"; do
   case "$arg" in
     --purge) purge=1 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "stop.sh: unknown argument '$arg'" >&2; exit 64 ;;
   esac
 done
@@ -192,7 +194,8 @@ if [[ -f "$state/token_generated" ]]; then
   rm -f "$tmp/auth_token"
 fi
 rm -f "$tmp/cluster.env" "$state"/*.sid "$state/started_at" "$state/pids" \
-      "$state/token_generated" "$state/port" "$state/dashboard_port"
+      "$state/token_generated" "$state/port" "$state/dashboard_port" \
+      "$state"/*.args "$state/node.env" "$state/nodes" "$state/redis_address"
 
 if (( purge )); then
   if [[ -f "$state/.caregpt-local-cluster" ]]; then

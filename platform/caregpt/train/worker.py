@@ -188,6 +188,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     trainer.remove_callback(PrinterCallback)  # our progress line replaces HF's raw log dicts
     callback = RayReportCallback(trainer)
     trainer.add_callback(callback)
+    from caregpt.train.metrics import TrainMetricsCallback
+
+    # Prometheus gauges (tokens/s, loss, GPU memory) through Ray's metrics agent: the dashboard / Grafana view
+    trainer.add_callback(TrainMetricsCallback.for_trainer(trainer, run=context.get_experiment_name(), rank=context.get_world_rank()))
     result = trainer.train(resume_from_checkpoint=resume_path)
 
     final_dir = local_root / "final"
