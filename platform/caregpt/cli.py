@@ -163,6 +163,7 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "predict": (_delegate("caregpt.eval.predict_cli"), "batch generation over a dataset on Ray Data model actors (+ BLEU/ROUGE)"),
     "eval": (_delegate("caregpt.eval.cli"), "metrics: generation (BLEU-4, ROUGE), multiple-choice exams, run comparison"),
     "export": (_delegate("caregpt.models.export_cli"), "merge LoRA/QLoRA adapters into a standalone model directory"),
+    "serve": (_delegate("caregpt.serve.cli"), "OpenAI-compatible chat API on Ray Serve (autoscaled; merged models or many LoRA adapters)"),
     "kb": (_delegate("caregpt.kb.cli"), "knowledge base: ingest documents, search (BM25 / dense / hybrid), info"),
     "triage": (_delegate("caregpt.medical.triage_cli"), "recommend departments (导诊) for a symptom description, with reasons"),
     "chat": (_delegate("caregpt.chat"), "chat in the terminal with a served API (--api-base) or a local model (streaming)"),

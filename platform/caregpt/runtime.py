@@ -33,7 +33,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         logger.info("starting an embedded local Ray (num_cpus=%s)", num_cpus)
         # the dashboard (on 127.0.0.1) shows the run, and Ray Train's own bookkeeping uses its state API
         dashboard = os.environ.get("CAREGPT_DASHBOARD", "1") == "1"
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        # address="local": always a new instance. Without it ray.init joins whatever cluster `ray start` last
+        # recorded in /tmp/ray (someone else's, on a shared machine).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("CAREGPT_PROGRESS", "1") == "1"
 
 

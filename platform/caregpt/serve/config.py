@@ -1,0 +1,263 @@
+"""Serving settings: one typed spec, read from a YAML file and/or `--key value` flags.
+
+Keys are flat and the model keys keep CareGPT's spelling (`--model_name_or_path --checkpoint_dir
+--template`), so `python src/api_demo.py --model_name_or_path ... --checkpoint_dir ... --template
+llama2` becomes `caregpt serve` with the same flags. The docstring under each field is its
+`--help` text. The same dict is what `serve_apps.chat:build_app` takes as Serve `args`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from caregpt.config.loader import ConfigError, nearest_key, parse_flags, read_yaml
+
+API_KEYS_ENV = "CAREGPT_API_KEYS"
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", protected_namespaces=())
+
+    # ---- model --------------------------------------------------------------------------------
+    model_name_or_path: str
+    """Model to serve: a local Hugging Face model directory (a merged/exported model, or the base of checkpoint_dir)."""
+
+    checkpoint_dir: list[str] | None = None
+    """LoRA adapter(s) merged into the base at load time, comma separated (CareGPT's base + adapter serving)."""
+
+    adapter_name_or_path: list[str] | None = None
+    """Alias of checkpoint_dir (LLaMA-Factory spelling)."""
+
+    template: str | None = None
+    """Chat template. Default: the one recorded in caregpt_config.yaml beside the checkpoint, else the tokenizer's own (auto), else default."""
+
+    served_model_name: str | None = None
+    """Name clients put in `model` for the base model. Default: the model directory's name."""
+
+    adapters_dir: str | None = None
+    """Folder whose direct subfolders (each with adapter_config.json) are LoRA adapters served by name through multiplexing."""
+
+    max_loaded_adapters: int = Field(default=4, ge=1)
+    """Adapters kept loaded per replica; the least recently used one is unloaded beyond this."""
+
+    trust_remote_code: bool = False
+    """Allow model code shipped inside the model directory to run. Off unless you trust the source."""
+
+    quantization_bit: int | None = None
+    """Load the model quantised to 4 or 8 bits with bitsandbytes."""
+
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    """Attention kernel (FlashAttention needs a GPU and the flash-attn package)."""
+
+    max_model_len: int | None = None
+    """Longest prompt + answer in tokens. Default: the model's max_position_embeddings."""
+
+    # ---- engine -------------------------------------------------------------------------------
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Generation engine: transformers (CPU, small GPUs) or vllm (GPU clusters; pip install vllm)."""
+
+    batching: Literal["continuous", "serve_batch"] = "continuous"
+    """transformers engine: continuous (transformers' continuous batching, measured faster here) or serve_batch (Ray Serve @serve.batch)."""
+
+    max_batch_size: int = Field(default=32, ge=1)
+    """Most requests decoded together in one replica."""
+
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    """serve_batch only: how long the first request of a batch waits for others."""
+
+    kv_cache_tokens: int | None = Field(default=None, ge=16)
+    """continuous only: KV cache size in tokens per engine. Default: from free memory on GPU; max(max_model_len, 512 x max_batch_size) on CPU."""
+
+    stream_updates_per_s: float = Field(default=100.0, gt=0)
+    """Streamed messages per second one model replica sends, over all its streams: alone a stream gets every token, with N streams each gets N/this-second batches."""
+
+    torch_threads: int | None = Field(default=None, ge=1)
+    """CPU threads torch uses per replica. Default: what Ray gives the replica (its num_cpus, at least 1)."""
+
+    vllm_options: dict[str, Any] = {}
+    """Extra keyword arguments for vllm.AsyncEngineArgs (e.g. gpu_memory_utilization, tensor_parallel_size)."""
+
+    # ---- request defaults and limits -----------------------------------------------------------
+    default_max_tokens: int = Field(default=512, ge=1)
+    """Answer length when a request sets none (capped by what the context leaves after the prompt)."""
+
+    default_temperature: float = Field(default=1.0, ge=0, le=2)
+    """Temperature when a request sets none (OpenAI's default is 1)."""
+
+    default_top_p: float = Field(default=1.0, ge=0, le=1)
+    """top_p when a request sets none."""
+
+    max_n: int = Field(default=8, ge=1)
+    """Largest `n` (answers per request) accepted."""
+
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body in bytes; larger ones get 413."""
+
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    """A request that has not finished after this many seconds is ended (504, or an error event when streaming)."""
+
+    accept_any_model: bool = False
+    """Answer unknown `model` names with the base model (CareGPT api_demo behaviour) instead of 404."""
+
+    # ---- security and operations -------------------------------------------------------------
+    api_keys: list[str] | None = None
+    """Accepted API keys (Authorization: Bearer KEY), comma separated. Also read from the CAREGPT_API_KEYS environment variable. None set = no auth."""
+
+    api_keys_file: str | None = None
+    """File with one accepted API key per line (keeps keys out of configs that the dashboard shows)."""
+
+    cors_allow_origins: list[str] = ["*"]
+    """Origins browsers may call the API from (ChatGPT-Next-Web and other web clients), comma separated."""
+
+    log_prompts: bool = False
+    """Write message text into the access log. Off: logs carry sizes, timings and ids, never what patients wrote."""
+
+    # ---- Ray Serve deployment ------------------------------------------------------------------
+    app_name: str = "caregpt"
+    """Ray Serve application name."""
+
+    route_prefix: str = "/"
+    """HTTP path prefix of the API."""
+
+    host: str = "127.0.0.1"
+    """HTTP host the Serve proxy listens on (0.0.0.0 to accept other machines)."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """HTTP port of the Serve proxy."""
+
+    num_replicas: int | None = Field(default=None, ge=1)
+    """Fixed number of model replicas. Unset: autoscale between min_replicas and max_replicas."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling: fewest model replicas."""
+
+    max_replicas: int = Field(default=1, ge=1)
+    """Autoscaling: most model replicas."""
+
+    target_ongoing_requests: float = Field(default=16.0, gt=0)
+    """Autoscaling: requests in flight per replica the autoscaler aims for."""
+
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    """Autoscaling: how long demand must stay high before a replica is added."""
+
+    downscale_delay_s: float = Field(default=300.0, ge=0)
+    """Autoscaling: how long demand must stay low before a replica is removed."""
+
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    """Requests one model replica works on at once (at least max_batch_size)."""
+
+    max_queued_requests: int = Field(default=256, ge=-1)
+    """Requests waiting for a model replica beyond which new ones get 503 + Retry-After (-1: unbounded)."""
+
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs reserved per model replica."""
+
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs reserved per model replica."""
+
+    router_replicas: int = Field(default=1, ge=1)
+    """Replicas of the HTTP router (auth, validation, templates, SSE); cheap, scale for many connections."""
+
+    router_num_cpus: float = Field(default=0.25, ge=0)
+    """CPUs reserved per router replica."""
+
+    graceful_shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    """On shutdown or downscale, how long running requests may finish before a replica is stopped."""
+
+    ray_address: str | None = None
+    """Ray cluster to deploy on. Default: RAY_ADDRESS, else an embedded local Ray."""
+
+    @field_validator("checkpoint_dir", "adapter_name_or_path", "api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("quantization_bit")
+    @classmethod
+    def _bits(cls, value: int | None) -> int | None:
+        if value not in (None, 4, 8):
+            raise ValueError("must be 4 or 8")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeConfig:
+        if self.adapter_name_or_path and not self.checkpoint_dir:
+            object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        if self.num_replicas is None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
+        if self.batching == "serve_batch" and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size ({self.max_batch_size})")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or Path(self.model_name_or_path.rstrip("/")).name or self.model_name_or_path
+
+    def accepted_keys(self) -> list[str]:
+        """Keys from the config, the key file and CAREGPT_API_KEYS (read where this runs: the router replica)."""
+        keys = list(self.api_keys or [])
+        if self.api_keys_file:
+            path = Path(self.api_keys_file).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"api_keys_file {str(path)!r} does not exist")
+            keys += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        keys += _split_commas(os.environ.get(API_KEYS_ENV, "")) or []
+        return [k for k in dict.fromkeys(keys) if k]
+
+    def public(self) -> dict[str, Any]:
+        """The settings as a plain dict (what travels to replicas)."""
+        return self.model_dump(mode="json")
+
+
+def build_serve_config(values: dict[str, Any], source: str = "settings") -> ServeConfig:
+    unknown = [k for k in values if k not in ServeConfig.model_fields]
+    if unknown:
+        hints = [f"{k!r} (did you mean {h!r}?)" if (h := nearest_key(k, list(ServeConfig.model_fields))) else repr(k) for k in unknown]
+        raise ConfigError(f"unknown serve setting(s) {', '.join(hints)} in {source}; run `caregpt serve --help` for the valid keys")
+    try:
+        return ServeConfig(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: missing (pass --{key} ...)" if err["type"] == "missing" else f"{key}={values.get(key, '')!r}: {msg}")
+        raise ConfigError(f"invalid serve settings ({source}): " + "; ".join(problems)) from None
+
+
+def load_serve_config(argv: list[str]) -> tuple[ServeConfig, dict[str, Any] | None]:
+    """`[CONFIG.yaml] [--key value ...]` -> (settings, the Ray Serve config document if the YAML is one).
+
+    A YAML file is either flat serve settings, or a Ray Serve config (`applications:` list) whose
+    single application's `args` are the settings; flags override either.
+    """
+    positional, flags = parse_flags(argv)
+    if len(positional) > 1 or (positional and not positional[0].endswith((".yaml", ".yml"))):
+        raise ConfigError(f"unexpected argument(s) {positional}: pass one CONFIG.yaml and options as --key value")
+    values: dict[str, Any] = {}
+    serve_doc = None
+    if positional:
+        doc = read_yaml(positional[0])
+        if "applications" in doc:
+            apps = doc.get("applications") or []
+            if len(apps) != 1:
+                raise ConfigError(f"{positional[0]}: caregpt serve runs one application, the file lists {len(apps)}")
+            serve_doc = doc
+            values.update(apps[0].get("args") or {})
+        else:
+            values.update(doc)
+    values.update(flags)
+    config = build_serve_config(values, positional[0] if positional else "the command line")
+    if serve_doc is not None:
+        serve_doc["applications"][0]["args"] = {k: v for k, v in values.items()}
+    return config, serve_doc

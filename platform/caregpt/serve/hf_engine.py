@@ -1,0 +1,126 @@
+"""The transformers engine: one loaded model, concurrent requests batched, answers streamed as text.
+
+Two batching strategies share everything but the token loop:
+
+- ``continuous`` (default): transformers' continuous batching (:mod:`caregpt.serve.hf_continuous`).
+  Requests join and leave the running batch at every step.
+- ``serve_batch``: Ray Serve's ``@serve.batch`` (:mod:`caregpt.serve.hf_static`). Requests that
+  arrive within ``batch_wait_timeout_s`` decode together; later ones wait for the batch.
+
+``benchmarks/serve_load.py --compare-batching`` measures both on the same model; continuous
+batching won here (see docs/ARCHITECTURE.md for the figures), so it is the default.
+This module turns token ids into text (:mod:`caregpt.serve.textstream`), applies stop tokens and
+stop strings, and keeps the waiting / running counts the queue-length metric reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from caregpt.serve.engine import GenerationOutput, GenerationRequest
+from caregpt.serve.sampling import RowSampler
+from caregpt.serve.textstream import IncrementalText
+
+logger = logging.getLogger("caregpt.serve.hf_engine")
+
+Batching = Literal["continuous", "serve_batch"]
+BATCHING_CHOICES: tuple[str, ...] = ("continuous", "serve_batch")
+
+
+def _stop_token_ids(model: Any, tokenizer: Any, stop_strings: tuple[str, ...]) -> list[int]:
+    """EOS ids (generation config, then tokenizer) plus template stop strings that are single tokens."""
+    ids: set[int] = set()
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
+        if isinstance(value, int) and value >= 0:
+            ids.add(value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for stop in stop_strings:
+        if stop in vocab:  # e.g. <|im_end|>: stop on the token, and it never shows in the text
+            ids.add(int(vocab[stop]))
+    return sorted(ids)
+
+
+class TransformersEngine:
+    """An :class:`~caregpt.serve.engine.Engine` over a transformers causal LM already in memory."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        template_stops: tuple[str, ...] = (),
+        batching: Batching = "continuous",
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.01,
+        max_model_len: int | None = None,
+        kv_cache_tokens: int | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        positions = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_model_len = min(max_model_len or positions, positions)
+        self.stop_ids = _stop_token_ids(model, tokenizer, template_stops)
+        # template stops that are not single tokens are matched on the text (e.g. "\nHuman:")
+        self.text_stops = tuple(s for s in template_stops if s not in tokenizer.get_vocab())
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids[0] if self.stop_ids else 0)
+        self.batching = batching
+        if batching == "continuous":
+            from caregpt.serve.hf_continuous import ContinuousBackend
+
+            self._backend = ContinuousBackend(model, pad_token_id=pad, max_batch_size=max_batch_size, max_model_len=self.max_model_len, kv_cache_tokens=kv_cache_tokens)
+        elif batching == "serve_batch":
+            from caregpt.serve.hf_static import StaticBatchBackend
+
+            self._backend = StaticBatchBackend(model, pad_token_id=pad, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        else:
+            raise ValueError(f"unknown batching {batching!r}; use one of {BATCHING_CHOICES}")
+        self._waiting = 0
+        self._running = 0
+        logger.info("transformers engine ready: batching=%s, max_batch_size=%d, max_model_len=%d, stop ids %s", batching, max_batch_size, self.max_model_len, self.stop_ids)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        params = request.params
+        eos = [] if params.ignore_eos else self.stop_ids
+        text = IncrementalText(self.tokenizer, tuple(params.stop) + self.text_stops)
+        tokens = self._backend.stream(request.request_id, request.prompt_ids, RowSampler(params), params.max_tokens, eos)
+        count, started = 0, False
+        self._waiting += 1
+        try:
+            async for new_ids, done in tokens:
+                if not started:
+                    started = True
+                    self._waiting -= 1
+                    self._running += 1
+                count += len(new_ids)
+                hit_eos = bool(done and new_ids and new_ids[-1] in eos)
+                delta = text.feed(new_ids[:-1] if hit_eos else new_ids)
+                if text.stopped:
+                    yield GenerationOutput(delta, count, "stop")
+                    return
+                if done:
+                    reason = "stop" if hit_eos or count < params.max_tokens else "length"
+                    yield GenerationOutput(delta + text.flush(), count, reason)
+                    return
+                if delta:
+                    yield GenerationOutput(delta, count)
+        finally:
+            if started:
+                self._running -= 1
+            else:
+                self._waiting -= 1
+            await tokens.aclose()  # cancels the request in the backend if it has not finished
+
+    def stats(self) -> dict[str, int]:
+        return {"waiting": self._waiting, "running": self._running}
+
+    def check_health(self) -> None:
+        if not self._backend.alive():
+            raise RuntimeError(f"the {self.batching} generation loop has stopped")
+
+    def shutdown(self) -> None:
+        self._backend.shutdown()
