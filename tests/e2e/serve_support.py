@@ -112,6 +112,9 @@ def chat_app(serve_http, tiny_model, adapters_dir) -> dict:
         "router_num_cpus": 0.1,
         "max_batch_size": 16,
         "request_timeout_s": 60,
+        # these tests compare answers token for token (stop strings, seeds, streamed vs whole); the disclaimer the
+        # medical layer appends is tested on its own app (test_serve_medical.py)
+        "disclaimer": False,
     }
     deploy(APP, PREFIX, settings)
     _SHARED["chat_app"] = {"url": f"{serve_http}{PREFIX}", "base": serve_http, "model": "tiny-medical", "key": API_KEY, "settings": settings}

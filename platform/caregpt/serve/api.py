@@ -176,7 +176,7 @@ def build_api(router) -> FastAPI:
             record.messages = [m.model_dump(mode="json") for m in body.messages]
         if not body.stream:
             return JSONResponse(await responses.chat_completion(router, job, record))
-        opened = await router.open_stream(job)  # errors before the first token are still HTTP errors
+        opened = None if job.canned else await router.open_stream(job)  # errors before the first token are still HTTP errors
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(responses.chat_stream(router, job, opened, record, usage, finish), media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -218,6 +218,20 @@ def build_api(router) -> FastAPI:
         authenticate(request)
         ref = router.catalog.resolve(model)
         return card(ref.name, None if not ref.adapter else router.catalog.base_name).model_dump(mode="json")
+
+    async def triage(data: dict[str, Any], record: AccessRecord):
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise errors.bad_request("'text' must be a non-empty string describing the symptoms.", "text")
+        k = data.get("k", 3)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10:
+            raise errors.bad_request("'k' must be an integer from 1 to 10.", "k")
+        return JSONResponse(router.triage(text, k))
+
+    @app.post("/v1/triage")
+    async def triage_route(request: Request):
+        """caregpt extension: department recommendations (导诊) for a symptom description."""
+        return await run(request, "triage", "triage", triage)
 
     @app.get("/health")
     async def health():

@@ -41,8 +41,8 @@ def model_deployment_options(config: ServeConfig) -> dict[str, Any]:
     return options
 
 
-DEPLOYMENT_NAMES = ("OpenAIRouter", "LLMServer")
-_PATH_KEYS = ("model_name_or_path", "adapters_dir", "api_keys_file")
+DEPLOYMENT_NAMES = ("OpenAIRouter", "LLMServer", "KnowledgeRetriever")
+_PATH_KEYS = ("model_name_or_path", "adapters_dir", "api_keys_file", "triage_guides")
 
 
 def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +53,9 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     for key in _PATH_KEYS:
         if out.get(key) and Path(out[key]).expanduser().exists():
             out[key] = str(Path(out[key]).expanduser().resolve())
+    if out.get("knowledge_bases"):
+        out["knowledge_bases"] = {name: str(Path(d).expanduser().resolve()) if Path(d).expanduser().exists() else d
+                                  for name, d in out["knowledge_bases"].items()}
     if out.get("checkpoint_dir"):
         out["checkpoint_dir"] = [str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else p for p in out["checkpoint_dir"]]
     return out
@@ -88,4 +91,10 @@ def build_app(settings: ServeConfig | dict[str, Any], overrides: dict[str, dict[
         "graceful_shutdown_wait_loop_s": 1.0,
     }
     router = OpenAIRouter.options(**{**router_options, **overrides.get("OpenAIRouter", {})})
-    return router.bind(model, values)
+    retriever = None
+    if config.knowledge_bases:
+        from caregpt.serve.knowledge import KnowledgeRetriever
+
+        retriever_options = {"ray_actor_options": {"num_cpus": config.retriever_num_cpus}, **overrides.get("KnowledgeRetriever", {})}
+        retriever = KnowledgeRetriever.options(**retriever_options).bind(values["knowledge_bases"])
+    return router.bind(model, values, retriever)

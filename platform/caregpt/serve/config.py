@@ -122,6 +122,32 @@ class ServeConfig(BaseModel):
     log_prompts: bool = False
     """Write message text into the access log. Off: logs carry sizes, timings and ids, never what patients wrote."""
 
+    # ---- medical layer ---------------------------------------------------------------------------
+    safety_guard: bool = True
+    """Check the latest user message: urgent-care advice first for emergencies, refuse clearly harmful requests."""
+
+    emergency_number: str = "120"
+    """The local emergency number named in urgent-care advice (120 in mainland China, 911, 112...)."""
+
+    crisis_line: str = ""
+    """A crisis hotline named when someone writes about self-harm (optional)."""
+
+    disclaimer: bool = True
+    """Append a short medical disclaimer to answers, once per conversation."""
+
+    knowledge_bases: dict[str, str] = {}
+    """Knowledge bases a request may use, name -> directory built by `caregpt kb ingest` (request field
+    `knowledge_base`, or the model name suffixed `@NAME`). Requests name them; paths never come from requests."""
+
+    rag_top_k: int = Field(default=4, ge=1, le=20)
+    """Passages retrieved into the prompt per knowledge-base answer."""
+
+    retriever_num_cpus: float = Field(default=0.25, ge=0)
+    """CPUs reserved per retriever replica (the retrieval deployment scales apart from the model)."""
+
+    triage_guides: str | None = None
+    """Department guide JSON for POST /v1/triage (e.g. hospital_guide_departments.json with its catalog beside it)."""
+
     # ---- Ray Serve deployment ------------------------------------------------------------------
     app_name: str = "caregpt"
     """Ray Serve application name."""
@@ -181,6 +207,19 @@ class ServeConfig(BaseModel):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("knowledge_bases", mode="before")
+    @classmethod
+    def _kb_map(cls, value: Any) -> Any:
+        # a flag carries JSON (--knowledge_bases '{"hospital": "kb/hospital"}') or name=dir pairs
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                import json
+
+                return json.loads(text)
+            return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+        return value
 
     @field_validator("quantization_bit")
     @classmethod

@@ -118,6 +118,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Any] | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
+    knowledge_base: str | None = Field(default=None, max_length=64)
+    """caregpt extension: answer with retrieval from this configured knowledge base (citations in the response)."""
 
     def check_supported(self) -> None:
         super().check_supported()

@@ -54,12 +54,23 @@ def _merged(batch: list[dict[str, Any]]) -> dict[int, tuple[str, str | None]]:
 
 
 async def chat_completion(router: OpenAIRouter, job: Job, record: AccessRecord) -> dict[str, Any]:
-    results = await router.collect(job)
+    if job.canned:  # the guard answered; the model was not called
+        results = {i: {"text": "", "tokens": 0, "finish": "stop"} for i in range(job.n)}
+    else:
+        results = await router.collect(job)
     record.first_token_at = record.first_token_at or time.perf_counter()
     record.completion_tokens = sum(r["tokens"] for r in results.values())
-    choices = [ChatChoice(index=i, message=AssistantMessage(content=r["text"]), finish_reason=r["finish"] or "stop") for i, r in sorted(results.items())]
+    choices = [ChatChoice(index=i, message=AssistantMessage(content=job.prefix + r["text"] + job.suffix), finish_reason=r["finish"] or "stop")
+               for i, r in sorted(results.items())]
     body = ChatCompletionResponse(id=record.request_id, model=job.ref.name, choices=choices, usage=Usage.of(len(job.prompt_ids), record.completion_tokens))
-    return body.model_dump(mode="json")
+    data = body.model_dump(mode="json")
+    if job.citations:
+        data["citations"] = job.citations
+    return data
+
+
+async def _canned_events(job: Job) -> AsyncIterator[list[dict[str, Any]]]:
+    yield [{"i": i, "t": "", "n": 0, "f": "stop"} for i in range(job.n)]
 
 
 async def chat_stream(router: OpenAIRouter, job: Job, opened: Any, record: AccessRecord, include_usage: bool, on_done) -> AsyncIterator[bytes]:
@@ -75,14 +86,23 @@ async def chat_stream(router: OpenAIRouter, job: Job, opened: Any, record: Acces
     counts: dict[int, int] = {}
     # One write per batch of events: each write is a message through Ray to the HTTP proxy.
     out = [chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for i in range(job.n)])]
+    if job.prefix:  # urgent-care advice (or a refusal) reaches the reader before any model token
+        out.append(chunk([{"index": i, "delta": {"content": job.prefix}, "logprobs": None, "finish_reason": None} for i in range(job.n)]))
     try:
-        async for batch in router.events(job, opened):
+        async for batch in (_canned_events(job) if job.canned else router.events(job, opened)):
             _note_tokens(record, batch, counts)
             for index, (text, finish) in sorted(_merged(batch).items()):
                 if text:
                     out.append(chunk([{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]))
                 if finish:
-                    out.append(chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}]))
+                    if job.suffix:
+                        out.append(chunk([{"index": index, "delta": {"content": job.suffix}, "logprobs": None, "finish_reason": None}]))
+                    last = {**head, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+                    if include_usage:
+                        last["usage"] = None
+                    if job.citations and index == job.n - 1:
+                        last["citations"] = job.citations  # on the final chunk, where clients look for them
+                    out.append(_sse(last))
             yield b"".join(out)
             out = []
         if include_usage:

@@ -46,6 +46,13 @@ class Job:
     n: int
     request_id: str
     deadline: float
+    prefix: str = ""
+    """Text sent before the model's answer (the safety guard's urgent-care advice)."""
+    suffix: str = ""
+    """Text sent after it (the disclaimer)."""
+    canned: bool = False
+    """The answer is `prefix` alone and the model is not called (a refused request)."""
+    citations: list[dict[str, Any]] | None = None
 
     def payload(self) -> dict[str, Any]:
         p = self.params
@@ -69,7 +76,7 @@ def _replica_death_errors() -> tuple[type[BaseException], ...]:
 @serve.deployment(name="OpenAIRouter", max_ongoing_requests=1000)
 @serve.ingress()
 class OpenAIRouter:
-    def __init__(self, llm: Any, config: dict[str, Any]):
+    def __init__(self, llm: Any, config: dict[str, Any], retriever: Any = None):
         from transformers import AutoConfig
 
         from caregpt.serve.loading import load_tokenizer
@@ -78,6 +85,10 @@ class OpenAIRouter:
         self.config = ServeConfig(**config)
         self.llm = llm
         self.catalog = Catalog(self.config)
+        from caregpt.serve.medical import MedicalLayer
+
+        self.medical = MedicalLayer(self.config, retriever)
+        self._triage = None
         self.tokenizer = load_tokenizer(self.config)
         self.api_keys = self.config.accepted_keys()
         if not self.api_keys:
@@ -139,8 +150,19 @@ class OpenAIRouter:
         return self.catalog.resolve(body.model)
 
     async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
+        from caregpt.serve.medical import split_model_name
+
+        model, suffix_kb = split_model_name(body.model)
+        knowledge_base = getattr(body, "knowledge_base", None) or suffix_kb
+        if suffix_kb:
+            body = body.model_copy(update={"model": model})
         ref = self._check_common(body)
-        messages = normalize_messages(body.messages)
+        medical = await self.medical.apply(normalize_messages(body.messages), knowledge_base)
+        if medical.refuse:  # answered by the guard alone
+            job = Job(ref, [], self.sampling(body, 0), body.n, request_id, time.monotonic() + self.config.request_timeout_s)
+            job.prefix, job.canned = medical.prefix, True
+            return job
+        messages = medical.messages
         template = self.template(ref.template)
         size = sum(len(m["content"]) for m in messages)
         encode = template.encode_prompt
@@ -148,7 +170,20 @@ class OpenAIRouter:
             ids = await asyncio.to_thread(encode, self.tokenizer, messages) if size > _LARGE_TEXT_CHARS else encode(self.tokenizer, messages)
         except ValueError as exc:  # the template refused the conversation shape
             raise errors.bad_request(str(exc), "messages") from None
-        return Job(ref, ids, self.sampling(body, len(ids)), body.n, request_id, time.monotonic() + self.config.request_timeout_s)
+        job = Job(ref, ids, self.sampling(body, len(ids)), body.n, request_id, time.monotonic() + self.config.request_timeout_s)
+        job.prefix, job.suffix, job.citations = medical.prefix, medical.suffix, medical.citations or None
+        return job
+
+    def triage(self, text: str, k: int) -> dict[str, Any]:
+        """POST /v1/triage: top-k departments of the configured guides, with the guide sentences that matched."""
+        if not self.config.triage_guides:
+            raise APIError(404, "Triage is not configured on this server (set triage_guides).", type="invalid_request_error", code="not_configured")
+        if self._triage is None:
+            from caregpt.medical.catalog import load_catalog
+            from caregpt.medical.triage import DepartmentTriage
+
+            self._triage = DepartmentTriage(load_catalog(self.config.triage_guides))
+        return self._triage.recommend(text, k=k).to_dict()
 
     async def prepare_completion(self, body: CompletionRequest, request_id: str) -> list[Job]:
         ref = self._check_common(body)
