@@ -339,6 +339,7 @@ class RayCpuSampler:
         self.psutil = psutil
         self.interval = interval
         self.seen: dict[int, tuple[str, float]] = {}
+        self.series: list[tuple[float, dict[int, float], float]] = []  # (time, CPU-s per pid, driver CPU-s)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="ray-cpu-sampler")
 
@@ -358,6 +359,19 @@ class RayCpuSampler:
             if kind == "?" and proc.pid in self.seen:
                 kind = self.seen[proc.pid][0]
             self.seen[proc.pid] = (kind, cpu)
+        self.series.append((time.perf_counter(), {pid: cpu for pid, (_, cpu) in self.seen.items()}, time.process_time()))
+
+    def while_training(self, min_worker_cpus: float = 0.5) -> dict[str, float] | None:
+        """CPUs used by everything but the training worker (driver included) while the worker computes."""
+        workers = {pid for pid, (kind, _) in self.seen.items() if kind == "ray::RayTrainWorker"}
+        points = [(t, sum(c for pid, c in cpus.items() if pid in workers),
+                   sum(c for pid, c in cpus.items() if pid not in workers) + driver) for t, cpus, driver in self.series]
+        seconds = other = 0.0
+        for (t0, w0, o0), (t1, w1, o1) in zip(points, points[1:]):
+            if t1 > t0 and (w1 - w0) / (t1 - t0) >= min_worker_cpus:
+                seconds += t1 - t0
+                other += o1 - o0
+        return {"seconds": round(seconds, 1), "other_cpus": round(other / seconds, 3)} if seconds else None
 
     def _loop(self) -> None:
         while not self.stop_event.wait(self.interval):
@@ -382,7 +396,8 @@ def child_caregpt(spec: dict[str, Any]) -> dict[str, Any]:
     from caregpt.train.launch import run_training
 
     out_dir = Path(spec["workdir"]) / "caregpt_ray_out"
-    config = _caregpt_config(spec, max_steps=spec["warmup"] + spec["steps"], logging_steps=1, output_dir=str(out_dir),
+    config = _caregpt_config(spec, max_steps=spec["warmup"] + spec["steps"], logging_steps=spec.get("ray_logging_steps", 1),
+                             output_dir=str(out_dir),
                              overwrite_output_dir=True)
     sampler = RayCpuSampler()
     sampler.start()
@@ -392,24 +407,30 @@ def child_caregpt(spec: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - start
     driver_cpu = time.process_time() - cpu_start
     ray_cpu = sampler.stop()
+    ray_cpu_training = sampler.while_training()
     import ray
 
     ray.shutdown()
     log = [json.loads(line) for line in (out_dir / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
     per_step = {int(e["step"]): e for e in log if "tokens_seen" in e and "tokens_per_second" in e}
-    warmup, steps = spec["warmup"], spec["steps"]
+    warmup, steps, every = spec["warmup"], spec["steps"], spec.get("ray_logging_steps", 1)
     seconds, useful = [], []
-    for s in range(warmup + 1, warmup + steps + 1):
-        if s not in per_step or (s - 1 not in per_step and s != 1):
-            raise RuntimeError(f"trainer_log.jsonl has no tokens_seen/tokens_per_second for step {s} or {s - 1}")
-        delta = per_step[s]["tokens_seen"] - (per_step[s - 1]["tokens_seen"] if s > 1 else 0)
+    # one entry per logging interval (one step when logging every step); interval k covers steps (k-every, k]
+    for s in range(warmup + every, warmup + steps + 1, every):
+        if s not in per_step or (s - every not in per_step and s != every):
+            raise RuntimeError(f"trainer_log.jsonl has no tokens_seen/tokens_per_second for step {s} or {s - every}")
+        delta = per_step[s]["tokens_seen"] - (per_step[s - every]["tokens_seen"] if s > every else 0)
         useful.append(int(delta))
         seconds.append(delta / per_step[s]["tokens_per_second"])
     result = _throughput(seconds, useful, None)
+    # with logging_steps > 1 each entry above is one logging interval: report per optimizer step
+    result.update(timed_steps=steps, step_seconds_mean=result["timed_seconds"] / steps)
     result.update(
-        method="trainer_log.jsonl: step time = delta tokens_seen / tokens_per_second (RayReportCallback.on_log)",
+        logging_steps=every,
+        method="trainer_log.jsonl: interval time = delta tokens_seen / tokens_per_second (RayReportCallback.on_log)",
         run_training_wall_seconds=wall,
         cpu_seconds_during_run_training={"driver (this process)": round(driver_cpu, 2), **ray_cpu},
+        ray_cpus_while_worker_trains=ray_cpu_training,
         train_runtime=outcome.metrics.get("train_runtime"),
         tokens_seen=outcome.metrics.get("tokens_seen"),
         threads=int(os.cpu_count() or 1),
@@ -814,7 +835,8 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
     for ray_run, plain_run in zip(results.get("caregpt", []), results.get("plain", [])):
         if "error" in ray_run or "error" in plain_run or "padded_tokens" in ray_run:
             continue
-        if ray_run["step_useful_tokens"] == plain_run["step_useful_tokens"]:
+        if sum(ray_run["step_useful_tokens"]) == sum(plain_run["step_useful_tokens"]) and (
+                ray_run.get("logging_steps", 1) > 1 or ray_run["step_useful_tokens"] == plain_run["step_useful_tokens"]):
             ray_run.update(padded_tokens=plain_run["padded_tokens"], padded_tokens_per_s=plain_run["padded_tokens"] / ray_run["timed_seconds"],
                            useful_ratio=plain_run["useful_ratio"], padded_from="plain run (identical per-step useful tokens)")
     agg = {name: aggregate(runs, args.aggregate) for name, runs in results.items() if name in ROW_LABELS}
@@ -836,6 +858,8 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
         r = agg.get(name)
         if r is None:
             continue
+        if name == "caregpt" and args.ray_logging_steps > 1:
+            label = f"caregpt (Ray, logging_steps {args.ray_logging_steps})"
         if "error" in r:
             print(f"{label:36} failed: {r['error'].splitlines()[0][:90]}")
             continue
@@ -894,6 +918,11 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
             if walls:
                 print(f"  end to end (round 1): run_training {walls[0][0]:.1f}s (embedded Ray start, cache check, worker, checkpoint) "
                       f"vs plain process {walls[0][1]:.1f}s (model load + train)")
+            every = base.get("logging_steps", 1)
+            poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0 (Ray Train default)")
+            print(f"  the Ray run logged (= ray.train.report) every {every} step(s), one log per {base['step_seconds_mean'] * every:.2f}s; "
+                  f"Ray Train's controller takes reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S = {poll}s from a queue of one, "
+                  f"so reports more frequent than that block training")
             cpu = base["rounds"][0].get("cpu_seconds_during_run_training") if "error" not in base["rounds"][0] else None
             if cpu:
                 wall = base["rounds"][0]["run_training_wall_seconds"]
@@ -902,6 +931,10 @@ def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args
                 print(f"  CPU seconds during run_training (round 1, {wall:.0f}s wall): {busy}")
                 print(f"  => everything but the training worker: {ray_own:.1f} CPU-s = {ray_own / wall:.2f} CPUs on average "
                       f"({ray_own / wall / (os.cpu_count() or 1) * 100:.1f}% of this machine)")
+                steady = base["rounds"][0].get("ray_cpus_while_worker_trains")
+                if steady:
+                    print(f"  => while the worker trained ({steady['seconds']:.0f}s sampled): {steady['other_cpus']:.3f} CPUs for Ray's "
+                          f"own processes and the driver")
     print(f"issue references (this machine, before caregpt): LLaMA-Factory {REFERENCE['llamafactory']:.0f}, its neat_packing "
           f"~{REFERENCE['llamafactory_neat_packing']:.0f}, TRL defaults {REFERENCE['trl']:.0f}, TRL packing {REFERENCE['trl_packing']:.0f} "
           f"useful tok/s; utilisation LLaMA-Factory ~{REFERENCE['llamafactory_utilisation'] * 100:.0f}%, dense step ~{REFERENCE['dense_utilisation'] * 100:.0f}%")
@@ -930,6 +963,9 @@ def main(argv: list[str] | None = None) -> int:
                              "default 0: do not wait")
     parser.add_argument("--quiet-below", type=float, default=0.3, metavar="CPUS",
                         help="'nearly idle' for --quiet-wait: fewer than this many CPUs busy over 2 s (default 0.3)")
+    parser.add_argument("--ray-logging-steps", type=int, default=1, metavar="N",
+                        help="logging_steps of the caregpt Ray run (default 1: per-step timing). Every log is a "
+                             "ray.train.report; --warmup and --steps must be multiples of N")
     parser.add_argument("--lf-venv", default="/tmp/caregpt-bench-lf-venv", help="cached LLaMA-Factory venv (built on first use)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads for every system (default: CPU count, what caregpt gives its one worker)")
@@ -954,8 +990,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(only) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown system(s) {unknown}; choose from {','.join(SYSTEMS)}")
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--rounds and --steps must be >= 1, --warmup >= 0")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.ray_logging_steps < 1:
+        parser.error("--rounds, --steps and --ray-logging-steps must be >= 1, --warmup >= 0")
+    if args.warmup % args.ray_logging_steps or args.steps % args.ray_logging_steps:
+        parser.error(f"--warmup ({args.warmup}) and --steps ({args.steps}) must be multiples of --ray-logging-steps ({args.ray_logging_steps})")
     if not SFT_DATA.is_file():
         parser.error(f"shared SFT data not found at {SFT_DATA}")
     started = time.perf_counter()
@@ -966,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
         "workdir": str(workdir), "model": str(workdir / "bench34m"), "records": str(workdir / "records.jsonl"),
         "records_count": args.records, "tokenized": str(workdir / "tokenized"), "batch_size": args.batch_size,
         "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
-        "matmul_size": args.matmul_size, "matmul_reps": args.matmul_reps,
+        "matmul_size": args.matmul_size, "matmul_reps": args.matmul_reps, "ray_logging_steps": args.ray_logging_steps,
     }
     print(f"[bench] work dir {workdir}; load average {' '.join(f'{x:.2f}' for x in load_start)}; {os.cpu_count()} CPUs", flush=True)
     run = dict(timeout=args.timeout, verbose=args.verbose)
