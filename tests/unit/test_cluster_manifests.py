@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 LAUNCHER = sorted((CLUSTER / "launcher").glob("*.yaml"))
 KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
-SERVE_METRICS = ("caregpt_serve_requests_total", "caregpt_serve_errors_total", "caregpt_serve_ttft_seconds",
-                 "caregpt_serve_output_tokens_per_second", "caregpt_serve_queue_length")
+SERVE_METRICS = ("caregpt_requests_total", "caregpt_request_errors_total", "caregpt_time_to_first_token_ms",
+                 "caregpt_output_tokens_per_second", "caregpt_engine_queue_length")
 
 
 def _load(path: Path):
