@@ -126,6 +126,10 @@ class DataArgs(_Spec):
     skip_invalid: bool = False
     """Train on the valid records when some are invalid (they are counted and reported), instead of refusing."""
 
+    deidentify: bool = False
+    """Mask personal identifiers (names in clinical context, ID numbers, phones, emails, addresses, record
+    numbers, dates) in every record as it is read, before templating and tokenization (see `caregpt data deid`)."""
+
     streaming: bool = False
     """Accepted for compatibility: the Ray Data pipeline always streams."""
 

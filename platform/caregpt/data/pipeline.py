@@ -60,8 +60,22 @@ def _ordinal(loc: str) -> int:
     return int(digits) if digits else 0
 
 
-def records_to_table(raw: list[RawRecord], attr: DatasetAttr, kind: Kind, system: str | None) -> pa.Table:
+def _deidentified(item: RawRecord) -> RawRecord:
+    from caregpt.data.deid import deidentify_record, deidentify_texts
+
+    if item.error:
+        return item
+    if isinstance(item.value, dict):
+        return RawRecord(item.loc, deidentify_record(item.value)[0])
+    if isinstance(item.value, str):  # a line of pretraining text
+        return RawRecord(item.loc, deidentify_texts([item.value])[0][0])
+    return item
+
+
+def records_to_table(raw: list[RawRecord], attr: DatasetAttr, kind: Kind, system: str | None, deidentify: bool = False) -> pa.Table:
     rows = []
+    if deidentify:  # mask identifiers in the raw record, before anything derived from its text exists
+        raw = [_deidentified(item) for item in raw]
     for item in raw:
         if item.error:
             row = {"loc": item.loc, "dataset": attr.name, "error": item.error, "text": "", "roles": [], "contents": [], "chosen": "", "rejected": ""}
@@ -75,22 +89,23 @@ def records_to_table(raw: list[RawRecord], attr: DatasetAttr, kind: Kind, system
 class ReadAndNormalize:
     """map_batches function: one read task (a byte range of one file) -> its canonical records."""
 
-    def __init__(self, attr: DatasetAttr, kind: Kind, system: str | None):
+    def __init__(self, attr: DatasetAttr, kind: Kind, system: str | None, deidentify: bool = False):
         # plain JSON rather than the dataclass: what crosses to Ray workers stays version-proof
         self.attr_json = json.dumps(asdict(attr))
         self.kind = kind
         self.system = system
+        self.deidentify = deidentify
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         attr = DatasetAttr(**json.loads(self.attr_json))
         tables = []
         for path, start, end, first_line in zip(batch["path"], batch["start"], batch["end"], batch["first_line"]):
             task = ReadTask(str(path), int(start), int(end), int(first_line))
-            tables.append(records_to_table(list(read_task_records(task)), attr, self.kind, self.system))
+            tables.append(records_to_table(list(read_task_records(task)), attr, self.kind, self.system, self.deidentify))
         return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
 
-def _hub_records(attr: DatasetAttr, kind: Kind, system: str | None):
+def _hub_records(attr: DatasetAttr, kind: Kind, system: str | None, deidentify: bool = False):
     import ray
 
     try:
@@ -104,19 +119,19 @@ def _hub_records(attr: DatasetAttr, kind: Kind, system: str | None):
             "next to dataset_info.json and register it with file_name."
         ) from None
     items = [RawRecord(f"{attr.path}:record {i + 1}", row) for i, row in enumerate(hub)]
-    return ray.data.from_arrow(records_to_table(items, attr, kind, system))
+    return ray.data.from_arrow(records_to_table(items, attr, kind, system, deidentify))
 
 
-def dataset_records(attr: DatasetAttr, kind: Kind, system: str | None = None, max_samples: int | None = None):
+def dataset_records(attr: DatasetAttr, kind: Kind, system: str | None = None, max_samples: int | None = None, deidentify: bool = False):
     """All records of one dataset (valid and invalid) as a lazy Ray Dataset of RECORD_SCHEMA rows."""
     import ray
 
     if attr.load_from == "hf_hub":
-        ds = _hub_records(attr, kind, system)
+        ds = _hub_records(attr, kind, system, deidentify)
     else:
         tasks = [t.to_row() for t in plan_read_tasks(attr.path)]
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        ds = ds.map_batches(ReadAndNormalize(attr, kind, system), batch_size=1, batch_format="numpy")
+        ds = ds.map_batches(ReadAndNormalize(attr, kind, system, deidentify), batch_size=1, batch_format="numpy")
     return _deterministic(ds).limit(max_samples) if max_samples else ds
 
 
@@ -148,7 +163,7 @@ def _interleave(parts: list, probs: list[float] | None, strategy: str):
 
 def build_records(config: RunConfig, plan: DataPlan):
     """Every record of every requested dataset, mixed per mix_strategy."""
-    parts = [dataset_records(a, plan.kind, config.data.system, config.data.max_samples) for a in plan.attrs]
+    parts = [dataset_records(a, plan.kind, config.data.system, config.data.max_samples, config.data.deidentify) for a in plan.attrs]
     if len(parts) == 1:
         records = parts[0]
     elif config.data.mix_strategy == "concat":

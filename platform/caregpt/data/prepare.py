@@ -51,6 +51,7 @@ def fingerprint(config: RunConfig, plan: DataPlan, tokenizer_path: str) -> str:
         "system": data.system,
         "cutoff_len": data.cutoff_len,
         "packing": data.packing,
+        "deidentify": data.deidentify,
         "max_samples": data.max_samples,
         "mix": [data.mix_strategy, data.interleave_probs],
         "version": 1,

@@ -148,7 +148,7 @@ def _dataset_rows(attr: DatasetAttr, config: RunConfig):
     from caregpt.data.readers import plan_read_tasks
 
     if attr.load_from == "hf_hub":  # the training pipeline's reader, without carried fields
-        ds = dataset_records(attr, "sft", config.data.system).select_columns(["loc", "dataset", "error", "roles", "contents"])
+        ds = dataset_records(attr, "sft", config.data.system, deidentify=config.data.deidentify).select_columns(["loc", "dataset", "error", "roles", "contents"])
         ds = ds.add_column("extra", lambda table: pa.array(["{}"] * len(table)), batch_format="pyarrow")
     else:
         tasks = [t.to_row() for t in plan_read_tasks(attr.path)]
