@@ -92,9 +92,12 @@ def running_replicas(app: str, deployment: str = "LLMServer") -> int:
     return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chat_app(serve_http, tiny_model, adapters_dir) -> dict:
-    """The app the API and bad-input tests share: tiny model, two adapters, an API key."""
+    """The app a test module's API tests share: tiny model, two adapters, an API key.
+
+    Module scope, not session: replicas hold logical CPUs of the shared local Ray, and kept until the end of
+    the session they starved the Ray Tune tests that run later (trials waited for CPUs forever)."""
     from ray import serve
 
     if "chat_app" in _SHARED:
