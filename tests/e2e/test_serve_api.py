@@ -177,3 +177,40 @@ def test_access_log_records_requests_without_their_text(client, chat_app):
     record = json.loads(line[line.index('{"event"') :])
     assert record["status"] == 200 and record["prompt_tokens"] > 0 and record["key_id"] and chat_app["key"] not in line
     assert secret not in found  # neither the access log nor any other replica log holds the message text
+
+
+def test_base_plus_checkpoint_dir_equals_the_adapter_served_by_name(client, chat_app, adapters_dir):
+    """`--checkpoint_dir` merges the adapter at load time: the answer is the one of the multiplexed adapter."""
+    from ray import serve
+
+    from tests.e2e.serve_support import deploy
+
+    settings = {**chat_app["settings"], "checkpoint_dir": [str(adapters_dir / ADAPTERS[1])], "adapters_dir": None, "served_model_name": "merged"}
+    deploy("serve_merged", "/merged", settings)
+    try:
+        from openai import OpenAI
+
+        merged = OpenAI(base_url=f"{chat_app['base']}/merged/v1", api_key=chat_app["key"], timeout=60)
+        assert [m.id for m in merged.models.list().data] == ["merged"]
+        assert greedy(merged, "merged") == greedy(client, ADAPTERS[1])
+    finally:
+        serve.delete("serve_merged")
+
+
+def test_prometheus_metrics_are_exported(client, chat_app):
+    import time
+
+    import ray
+
+    client.chat.completions.create(model=chat_app["model"], messages=QUESTION, max_tokens=4)
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    names = ("caregpt_requests_total", "caregpt_time_to_first_token_ms", "caregpt_output_tokens_total", "caregpt_engine_queue_length")
+    text = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # metrics reach the node's exporter every few seconds
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(name in text for name in names):
+            break
+        time.sleep(2)
+    missing = [name for name in names if name not in text]
+    assert not missing, f"metrics not exported: {missing}"

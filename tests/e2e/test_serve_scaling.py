@@ -99,9 +99,12 @@ def test_autoscaling_up_under_load_and_back_down(serve_http, tiny_model):
 
 
 def _replica_pids(app: str) -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:LLMServer"), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    # our own cluster's address: other local Ray instances may run on this machine too
+    address = ray.get_runtime_context().gcs_address
+    actors = list_actors(address=address, filters=[("class_name", "=", f"ServeReplica:{app}:LLMServer"), ("state", "=", "ALIVE")], raise_on_missing_output=False)
     return [a.pid for a in actors if a.pid]
 
 
