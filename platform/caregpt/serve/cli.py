@@ -102,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Shut Serve and Ray down at the end only if this process started them (never a cluster it joined).
     embedded = not (config.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     ensure_ray(config.ray_address)
+    # host / port: a flag wins over the Serve config's http_options, which win over the defaults
+    from caregpt.config.loader import parse_flags
+
+    flags = parse_flags(argv)[1]
     http = {"host": config.host, "port": config.port, **http_options}
+    http.update({key: getattr(config, key) for key in ("host", "port") if key in flags})
     name = app_entry.get("name", config.app_name)
     route_prefix = app_entry.get("route_prefix", config.route_prefix)
     serve.start(http_options=http)
