@@ -1,20 +1,18 @@
 """Shared pieces of the Ray Serve tests: Serve on a free port, adapters, one deployed chat app.
 
 The fixtures are imported by the test modules that use them (pytest finds fixtures imported into
-a test module). pytest then registers them once per importing module, so each fixture body keeps
-its result in `_SHARED`: the first module to ask builds it and, being the last to be torn down,
-removes it; the others reuse it. One app deployment serves the API tests and the bad-input tests.
+a test module). pytest registers an imported fixture once per importing module and tears it down
+when that module ends, so they are declared module-scoped: each module gets its own Serve and app.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
 
 import pytest
-
-_SHARED: dict[str, object] = {}
 
 API_KEY = "sk-test-caregpt"
 APP = "serve_api"
@@ -28,21 +26,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve_http(ray_local) -> str:
     """Serve's HTTP proxy on 127.0.0.1 and a free port (port 8000 may be held by other work); its base URL."""
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    if "serve_http" in _SHARED:
-        yield _SHARED["serve_http"]
-        return
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     # If Serve was already running in this Ray, its options stand: ask which port it really has.
     options = _get_global_client().http_config
-    _SHARED["serve_http"] = f"http://{options.host}:{options.port}"
-    yield _SHARED["serve_http"]
-    serve.shutdown()
+    yield f"http://{options.host}:{options.port}"
+    with contextlib.suppress(Exception):  # already gone is fine
+        serve.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +45,10 @@ def adapters_dir(tiny_model, tmp_path_factory) -> Path:
     """Two LoRA adapters on the tiny model with non-zero weights (so their answers differ from the base)."""
     from tests.adapter_factory import make_lora_adapter
 
-    if "adapters_dir" in _SHARED:
-        return _SHARED["adapters_dir"]
     root = tmp_path_factory.mktemp("serve_adapters")
     for seed, name in enumerate(ADAPTERS, start=1):
         make_lora_adapter(tiny_model, root / name, seed=seed, scale=1.0)
     (root / "not_an_adapter").mkdir()  # a plain folder: must be neither listed nor servable
-    _SHARED["adapters_dir"] = root
     return root
 
 
@@ -100,9 +92,6 @@ def chat_app(serve_http, tiny_model, adapters_dir) -> dict:
     the session they starved the Ray Tune tests that run later (trials waited for CPUs forever)."""
     from ray import serve
 
-    if "chat_app" in _SHARED:
-        yield _SHARED["chat_app"]
-        return
     settings = {
         "model_name_or_path": tiny_model,
         "served_model_name": "tiny-medical",
@@ -120,6 +109,6 @@ def chat_app(serve_http, tiny_model, adapters_dir) -> dict:
         "disclaimer": False,
     }
     deploy(APP, PREFIX, settings)
-    _SHARED["chat_app"] = {"url": f"{serve_http}{PREFIX}", "base": serve_http, "model": "tiny-medical", "key": API_KEY, "settings": settings}
-    yield _SHARED["chat_app"]
-    serve.delete(APP)
+    yield {"url": f"{serve_http}{PREFIX}", "base": serve_http, "model": "tiny-medical", "key": API_KEY, "settings": settings}
+    with contextlib.suppress(Exception):
+        serve.delete(APP)

@@ -9,8 +9,9 @@ Two batching strategies share everything but the token loop:
 
 ``benchmarks/serve_load.py`` measures both on the same model (scenarios ray-continuous and
 ray-serve-batch). On the 2-core CPU machine, at 32 concurrent streams of 128 tokens, continuous
-batching gave 2-3.5x the output tokens/s of ``@serve.batch`` (medians of interleaved rounds) and a
-time to first token of ~1 s instead of ~25-55 s, so it is the default. A static batch decodes each
+batching gave 2-3.5x the output tokens/s of ``@serve.batch`` (medians of interleaved rounds, 2.7x
+on a quiet machine) and a median time to first token under 1 s instead of 17-98 s, so it is the
+default. A static batch decodes each
 step more cheaply (no block-diagonal attention over every request's cache), but a request that
 misses a batch waits for all of it, and batches split into small ones when arrivals jitter.
 This module turns token ids into text (:mod:`caregpt.serve.textstream`), applies stop tokens and
