@@ -13,7 +13,8 @@ no normal request gets through. The front listens on the public host:port, Serve
   its headers is closed (a slow client cannot keep a normal one out);
 - forwards the request with ``Connection: close`` and a Content-Length, then copies the response
   back byte for byte (SSE streams flow through unbuffered) and closes the connection;
-- drops a client's ``x-request-id`` unless it is a short safe token (Serve logs it as the id).
+- drops a client's ``x-request-id`` unless it is a short safe token (Serve logs it as the id), and
+  Serve's ``serve_multiplexed_model_id`` header (the router alone chooses adapters).
 
 It is started by ``caregpt serve`` (in-process), and as ``python -m caregpt.serve.front`` by the
 Docker image and the KubeRay sidecar. SIGTERM stops accepting, lets forwarded requests finish,
@@ -153,7 +154,7 @@ class FrontProxy:
     def _upstream_head(self, request: h11.Request, body: bytes, peer: str) -> bytes:
         lines = [request.method + b" " + request.target + b" HTTP/1.1"]
         for name, value in request.headers:
-            if name in _HOP_BY_HOP or (name == b"x-request-id" and not _SAFE_ID.fullmatch(value)):
+            if name in _HOP_BY_HOP or (name == b"x-request-id" and not _SAFE_ID.fullmatch(value)) or name.replace(b"-", b"_") == b"serve_multiplexed_model_id":
                 continue
             lines.append(name + b": " + value)
         lines += [b"content-length: " + str(len(body)).encode(), b"connection: close", b"x-forwarded-for: " + peer.encode()]

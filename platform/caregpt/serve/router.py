@@ -59,7 +59,7 @@ class Job:
     def payload(self) -> dict[str, Any]:
         p = self.params
         params = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": list(p.stop), "ignore_eos": p.ignore_eos}
-        return {"request_id": self.request_id, "prompt_ids": self.prompt_ids, "params": params, "n": self.n}
+        return {"request_id": self.request_id, "prompt_ids": self.prompt_ids, "params": params, "n": self.n, "adapter": self.ref.adapter or ""}
 
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
@@ -85,6 +85,11 @@ class OpenAIRouter:
         from caregpt.serve.observability import RouterMetrics
 
         self.config = ServeConfig(**config)
+        if llm is None:  # colocate_router: the model lives in this replica (caregpt.serve.local_model)
+            from caregpt.serve.local_model import LocalHandle
+            from caregpt.serve.server import LLMServer
+
+            llm = LocalHandle(LLMServer.func_or_class(config))
         self.llm = llm
         self.catalog = Catalog(self.config)
         from caregpt.serve.medical import MedicalLayer
@@ -151,7 +156,8 @@ class OpenAIRouter:
         """Supported fields, the per-request caps (before any prompt is rendered or tokenized), the served model."""
         body.check_supported()
         c = self.config
-        max_tokens = body.requested_max_tokens() or min(c.default_max_tokens, self.max_model_len)
+        # an answer never outgrows the context: a larger max_tokens is the context-length 400 (sampling), not this cap's
+        max_tokens = min(body.requested_max_tokens() or c.default_max_tokens, self.max_model_len)
         check_counts(body.n, prompts, max_tokens, max_n=c.max_n, max_prompts=c.max_prompts, max_total_tokens=c.max_total_tokens)
         return self.catalog.resolve(body.model)
 
@@ -280,6 +286,11 @@ class OpenAIRouter:
                     raise errors.overloaded(2.0, "The model replica serving this request stopped") from None
                 logger.warning("model replica died during request %s; running it again (%d)", job.request_id, attempt + 1)
         raise errors.internal()  # not reached
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; with the model in this replica, its health is ours."""
+        if hasattr(self.llm, "check_health"):
+            self.llm.check_health()
 
     async def ready(self) -> dict[str, Any]:
         try:

@@ -115,17 +115,19 @@ class LLMServer:
         logger.info("loaded adapter %s from %s", name, path)
         return _AdapterEngine(name, engine, self._adapter_engines)
 
-    async def _engine(self) -> Engine:
+    async def _engine(self, adapter: str | None) -> Engine:
         if self._metrics_task is None:
             self._metrics_task = asyncio.create_task(self._report_metrics())
-        adapter = serve.get_multiplexed_model_id()
+        if adapter is None:
+            adapter = serve.get_multiplexed_model_id()
         if not adapter:
             return self.base_engine
         return (await self._load_adapter(adapter)).engine
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[list[TokenEvent]]:
         """Stream the answers (n choices) for one prompt as lists of events."""
-        engine = await self._engine()
+        # the router names the adapter it validated (it is also the multiplexed id Serve routed by); never an HTTP header
+        engine = await self._engine(payload.get("adapter"))
         params = SamplingParams(**payload["params"])
         events: asyncio.Queue = asyncio.Queue()
         n = int(payload.get("n", 1))
