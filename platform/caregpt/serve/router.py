@@ -289,7 +289,9 @@ class OpenAIRouter:
 
     def check_health(self) -> None:
         """Serve calls this periodically; with the model in this replica, its health is ours."""
-        if hasattr(self.llm, "check_health"):
+        from caregpt.serve.local_model import LocalHandle
+
+        if isinstance(self.llm, LocalHandle):  # (a deployment handle answers every attribute name, so no hasattr)
             self.llm.check_health()
 
     async def ready(self) -> dict[str, Any]:
