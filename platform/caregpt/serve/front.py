@@ -5,8 +5,10 @@ headers never finish: 20,000 connections that each send half a request line hold
 no normal request gets through. The front listens on the public host:port, Serve's proxy on
 127.0.0.1 behind it, and for every connection it:
 
-- closes it (408) if the request line and headers have not arrived within ``header_timeout_s``,
-  and answers 431 for a head over ``max_header_bytes``;
+- closes it (408) if the request line and headers have not arrived within ``header_timeout_s``
+  (a quarter of that while more than half of ``max_connections`` are waiting for headers: a flood),
+  and answers 431 for a head over ``max_header_bytes``. One sweeper task per second does this for
+  all connections, oldest first, rather than a timer per connection;
 - reads the whole body (Content-Length or chunked) within ``body_timeout_s``, 413 above
   ``max_request_bytes`` (a cheap refusal before the body reaches Python on the router);
 - keeps at most ``max_connections`` open: at the cap, the connection that has waited longest for
@@ -71,15 +73,36 @@ class FrontProxy:
         self.max_connections, self.max_request_bytes, self.max_header_bytes = max_connections, max_request_bytes, max_header_bytes
         self._ids = itertools.count()
         self._open: dict[int, asyncio.StreamWriter] = {}
-        self._awaiting_head: collections.OrderedDict[int, asyncio.StreamWriter] = collections.OrderedDict()
+        # connections still sending their request head, oldest first: id -> (writer, accepted at)
+        self._awaiting_head: collections.OrderedDict[int, tuple[asyncio.StreamWriter, float]] = collections.OrderedDict()
         self.forwarding = 0  # requests sent upstream whose response has not ended
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Future | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: a free port); returns the port."""
         raise_open_files_limit()
         self._server = await asyncio.start_server(self._serve, host, port, backlog=4096, limit=65536)
+        self._sweeper = asyncio.ensure_future(self._sweep())
         return self._server.sockets[0].getsockname()[1]
+
+    def head_timeout_s(self) -> float:
+        flood = len(self._awaiting_head) > self.max_connections // 2
+        return self.header_timeout_s / 4 if flood else self.header_timeout_s
+
+    async def _sweep(self) -> None:
+        """Close connections whose head is late (408), oldest first; the rest are younger, so the scan stops early."""
+        late = _error(408, "Request Timeout", "The request headers did not arrive in time.", "request_timeout")
+        while True:
+            await asyncio.sleep(min(1.0, self.header_timeout_s / 4))
+            cutoff = time.monotonic() - self.head_timeout_s()
+            while self._awaiting_head:
+                cid, (writer, accepted) = next(iter(self._awaiting_head.items()))
+                if accepted > cutoff:
+                    break
+                del self._awaiting_head[cid]
+                writer.write(late)
+                writer.transport.abort() if writer.transport.get_write_buffer_size() else writer.close()
 
     @property
     def open_connections(self) -> int:
@@ -88,9 +111,9 @@ class FrontProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cid = next(self._ids)
         self._open[cid] = writer
-        self._awaiting_head[cid] = writer
+        self._awaiting_head[cid] = (writer, time.monotonic())
         if len(self._open) > self.max_connections:  # at the cap: the oldest connection still without headers goes
-            oldest, victim = self._awaiting_head.popitem(last=False)
+            _, (victim, _) = self._awaiting_head.popitem(last=False)
             victim.transport.abort()
         try:
             request, body = await self._read_request(reader, writer, cid)
@@ -107,7 +130,6 @@ class FrontProxy:
 
     async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cid: int) -> tuple[h11.Request, bytes]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
-        head_by = time.monotonic() + self.header_timeout_s
         request = None
         body = bytearray()
         body_by = None
@@ -119,15 +141,13 @@ class FrontProxy:
                     raise _Refused(_error(431, "Request Header Fields Too Large", f"The request head is over {self.max_header_bytes} bytes.", "headers_too_large")) from None
                 raise _Refused(_error(400, "Bad Request", "The request is not valid HTTP/1.1.", "invalid_http")) from None
             if event is h11.NEED_DATA:
-                deadline = head_by if request is None else body_by
-                remaining = deadline - time.monotonic()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    data = await asyncio.wait_for(reader.read(65536), remaining)
-                except TimeoutError:
-                    what = "headers" if request is None else "body"
-                    raise _Refused(_error(408, "Request Timeout", f"The request {what} did not arrive in time.", "request_timeout")) from None
+                if request is None:  # the sweeper closes this connection if its head is late
+                    data = await reader.read(65536)
+                else:
+                    try:
+                        data = await asyncio.wait_for(reader.read(65536), max(body_by - time.monotonic(), 0.001))
+                    except TimeoutError:
+                        raise _Refused(_error(408, "Request Timeout", "The request body did not arrive in time.", "request_timeout")) from None
                 conn.receive_data(data)
                 if not data and request is None:
                     raise ConnectionError("closed before the headers")
@@ -194,11 +214,13 @@ class FrontProxy:
         """Stop accepting, close connections still sending headers, wait for forwarded requests; True if all finished."""
         if self._server is not None:
             self._server.close()
-        for writer in list(self._awaiting_head.values()):
+        for writer, _ in list(self._awaiting_head.values()):
             writer.transport.abort()
         deadline = time.monotonic() + timeout_s
         while self.forwarding and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         return self.forwarding == 0
 
 
@@ -217,7 +239,12 @@ class FrontThread:
 
     def __init__(self, proxy: FrontProxy, host: str, port: int):
         self.proxy = proxy
-        self._loop = asyncio.new_event_loop()
+        try:
+            import uvloop
+
+            self._loop = uvloop.new_event_loop()
+        except ImportError:
+            self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="caregpt-front", daemon=True)
         self._thread.start()
         self.port = asyncio.run_coroutine_threadsafe(proxy.start(host, port), self._loop).result(timeout=30)
@@ -260,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         print("caregpt front draining...", flush=True)
         await proxy.drain(args.drain_timeout_s)
 
-    asyncio.run(run())
+    try:  # uvloop (a Ray dependency) accepts and closes connections several times faster
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
     return 0
 
 
