@@ -55,7 +55,8 @@ def raise_open_files_limit() -> int:
 
 
 def _error(status: int, reason: str, message: str, code: str) -> bytes:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
     head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
     return head.encode() + body
 
@@ -112,10 +113,12 @@ class FrontProxy:
         cid = next(self._ids)
         self._open[cid] = writer
         self._awaiting_head[cid] = (writer, time.monotonic())
-        if len(self._open) > self.max_connections:  # at the cap: the oldest connection still without headers goes
-            _, (victim, _) = self._awaiting_head.popitem(last=False)
-            victim.transport.abort()
         try:
+            if len(self._open) > self.max_connections:  # at the cap: the oldest connection still without headers goes
+                if len(self._awaiting_head) <= 1:  # only this one: every other connection is a request in progress
+                    raise _Refused(_error(503, "Service Unavailable", f"The server holds {self.max_connections} connections (max_connections); retry shortly.", "too_many_connections"))
+                _, (victim, _) = self._awaiting_head.popitem(last=False)
+                victim.transport.abort()
             request, body = await self._read_request(reader, writer, cid)
             self._awaiting_head.pop(cid, None)
             await self._forward(request, body, reader, writer)
