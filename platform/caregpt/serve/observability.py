@@ -119,7 +119,8 @@ class AccessRecord:
     def as_log(self) -> dict[str, Any]:
         entry = {
             "event": "caregpt_access",
-            "request_id": _clip(self.request_id),
+            "request_id": _clip(self.request_id),  # Ray Serve's, also the x-request-id response header
+            "response_id": self.response_id,  # the id in the response body (chatcmpl-...), ours
             "route": self.route,
             "status": self.status,
             "model": _clip(self.model) or "unknown",
