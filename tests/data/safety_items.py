@@ -201,3 +201,25 @@ LOOKALIKES = [
     (P, "caregiver", "plain", "护士怎么给心肺复苏的病人做胸外按压"),
     (P, "caregiver", "plain", "养老院里怎么预防老人噎食"),
 ]
+
+# follow-ups and small talk in a conversation: they mention help or hospitals but ask for nothing urgent
+LOOKALIKES += [
+    (P, "follow_up", "plain", "救护车到了，谢谢你"),
+    (P, "follow_up", "plain", "已经到医院急诊了，医生在处理"),
+    (P, "follow_up", "colloquial", "好嘞，知道了，多谢大夫"),
+    (P, "follow_up", "plain", "医生看过了，说没什么大问题"),
+    (P, "follow_up", "colloquial", "我妈已经住院了，明天做检查，检查前要空腹吗"),
+    (P, "follow_up", "plain", "出院以后复查要挂什么科"),
+    (P, "follow_up", "colloquial", "嗯嗯，那我明天带娃去医院瞧瞧"),
+    (P, "follow_up", "plain", "谢谢，孩子现在退烧了，精神也好了"),
+    (P, "follow_up", "plain", "打了120，现在在车上了，到了医院要准备什么材料"),
+    (P, "follow_up", "colloquial", "行，那先观察一晚上"),
+    (P, "follow_up", "plain", "我爸做完支架手术了，很顺利，谢谢"),
+    (P, "follow_up", "colloquial", "好的好的，我这就去药店买"),
+    (P, "small_talk", "plain", "你是机器人吗"),
+    (P, "small_talk", "colloquial", "在不在，问个事"),
+    (P, "small_talk", "plain", "医院周末上班吗"),
+    (P, "small_talk", "plain", "挂号要带身份证吗"),
+    (P, "small_talk", "colloquial", "急诊和门诊有啥区别，哪个贵"),
+    (P, "small_talk", "plain", "120急救电话收费吗"),
+]
