@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "platform"))
 from caregpt.data.deid_make_eval import Filler  # noqa: E402
 
 OUT = ROOT / "platform" / "caregpt" / "resources" / "deid_eval"
-SLOT = re.compile(r"\{([A-Z_]+)\}")
+SLOT = re.compile(r"\{([A-Z_0-9]+)\}")
 CN_DIGITS = "零一二三四五六七八九"
 TYPE_OF = {"NAME": "NAME", "NAME2": "NAME", "SURNAME": "NAME", "ID": "ID", "ID_SPACED": "ID", "MOBILE": "PHONE",
            "MOBILE_CN": "PHONE", "MOBILE_SPACED": "PHONE", "LANDLINE": "PHONE", "EMAIL": "EMAIL", "ADDR": "ADDRESS",
