@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", metavar="PATH", help="triage: department tree text (default: beside --guides)")
     parser.add_argument("--limit", type=int, help="triage: first N records of each file")
     parser.add_argument("--no-expand", action="store_true", help="triage: retrieval without lay-term expansion")
+    parser.add_argument("--train", nargs="+", metavar="FILE", help="triage: train the department classifier on the dev "
+                        "parts of these files (default: the shipped model, trained on a dev-split sample)")
+    parser.add_argument("--no-classifier", action="store_true", help="triage: retrieval only")
     parser.add_argument("--probes", metavar="FILE", help="safety: probe JSONL (default: the shipped dev and frozen test sets)")
     parser.add_argument("--guard-model", metavar="MODEL", help="safety: also ask this served model as the LLM judge")
     parser.add_argument("--guard-base-url", metavar="URL", help="safety: OpenAI-compatible base URL of --guard-model")
@@ -54,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("--task triage needs --data FILES and --guides PATH")
             from caregpt.medical.triage_eval import evaluate_triage
 
-            report = evaluate_triage(args.data, args.guides, args.catalog, args.limit, expand=not args.no_expand)
+            if args.train and args.no_classifier:
+                parser.error("--train and --no-classifier contradict each other")
+            report = evaluate_triage(args.data, args.guides, args.catalog, args.limit, expand=not args.no_expand,
+                                     train_files=args.train, classifier=None if args.no_classifier else "default")
         elif args.task == "deid":
             from caregpt.data.deid_splits import evaluate_splits
 

@@ -38,10 +38,15 @@ class CharNgramClassifier:
     weights: np.ndarray  # (features, classes)
     bias: np.ndarray  # (classes,)
     threshold: float = 0.5  # on P(not pass)
+    n_max: int = 3
+
+    def logits(self, text: str) -> np.ndarray:
+        index = [self.vocab[g] for g in ngrams(text, self.n_max) if g in self.vocab]
+        return self.bias + (self.weights[index].sum(axis=0) if index else 0.0)
 
     def probabilities(self, text: str) -> np.ndarray:
         """Class probabilities for normalised text."""
-        index = [self.vocab[g] for g in ngrams(text) if g in self.vocab]
+        index = [self.vocab[g] for g in ngrams(text, self.n_max) if g in self.vocab]
         logits = self.bias + (self.weights[index].sum(axis=0) if index else 0.0)
         logits = logits - logits.max()
         exp = np.exp(logits)
@@ -57,14 +62,15 @@ class CharNgramClassifier:
 
 
 def fit(texts: Sequence[str], labels: Sequence[str], steps: int = 300, l2: float = 1e-4, lr: float = 0.05,
-        seed: int = 0) -> CharNgramClassifier:
-    """Softmax regression on binary n-gram features (sparse, via index arrays; no scipy needed)."""
-    grams = [ngrams(t) for t in texts]
+        seed: int = 0, classes: Sequence[str] = CLASSES, n_max: int = 3, min_count: int = MIN_COUNT) -> CharNgramClassifier:
+    """Softmax regression on binary n-gram features (sparse, via index arrays; no scipy needed).
+    Also used by triage (triage_classifier.py) with its own classes."""
+    grams = [ngrams(t, n_max) for t in texts]
     counts: dict[str, int] = {}
     for g in grams:
         for x in g:
             counts[x] = counts.get(x, 0) + 1
-    vocab = {x: i for i, x in enumerate(sorted(x for x, c in counts.items() if c >= MIN_COUNT))}
+    vocab = {x: i for i, x in enumerate(sorted(x for x, c in counts.items() if c >= min_count or x == "<s>"))}
     rows, cols = [], []
     for r, g in enumerate(grams):
         for x in g:
@@ -78,8 +84,8 @@ def fit(texts: Sequence[str], labels: Sequence[str], steps: int = 300, l2: float
     col_starts = np.flatnonzero(np.r_[True, col_sorted[1:] != col_sorted[:-1]])
     col_ids = col_sorted[col_starts]
     rows_by_col = rows_a[by_col]
-    y = np.array([CLASSES.index(label) for label in labels])
-    n, k, f = len(texts), len(CLASSES), len(vocab)
+    y = np.array([list(classes).index(label) for label in labels])
+    n, k, f = len(texts), len(classes), len(vocab)
     onehot = np.eye(k)[y]
     # balance the classes: each class weighs the same in the loss however many items it has
     class_weight = n / (k * np.maximum(np.bincount(y, minlength=k), 1))
@@ -103,7 +109,7 @@ def fit(texts: Sequence[str], labels: Sequence[str], steps: int = 300, l2: float
             v *= 0.999
             v += 0.001 * grad * grad
             param -= lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
-    return CharNgramClassifier(vocab, w, b)
+    return CharNgramClassifier(vocab, w, b, n_max=n_max)
 
 
 def choose_threshold(texts: Sequence[str], labels: Sequence[str], folds: int = 5, max_false_alarm: float = 0.02) -> float:
