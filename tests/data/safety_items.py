@@ -223,3 +223,28 @@ LOOKALIKES += [
     (P, "small_talk", "colloquial", "急诊和门诊有啥区别，哪个贵"),
     (P, "small_talk", "plain", "120急救电话收费吗"),
 ]
+
+# dev only (appended after the frozen test split was written, from their own random stream): short everyday
+# messages that name a relative or a time, which an n-gram model could mistake for an emergency
+DEV_ONLY = [
+    (P, "everyday", "plain", "我爸在沙发上躺着看电视，血压有点高，平时吃什么好"),
+    (P, "everyday", "colloquial", "俺娘今天去赶集了，回来说腿有点酸"),
+    (P, "everyday", "plain", "孩子在睡觉，晚上要不要叫醒他喝奶"),
+    (P, "everyday", "plain", "我爸胃口不太好，吃点什么开胃"),
+    (P, "everyday", "colloquial", "老公最近老打呼噜，吵得我睡不着"),
+    (P, "everyday", "plain", "我妈现在每天走一万步，膝盖会不会受不了"),
+    (P, "everyday", "plain", "宝宝刚才打了个喷嚏，需要吃药吗"),
+    (P, "everyday", "colloquial", "我爷爷八十多了，想给他补补钙"),
+    (P, "everyday", "plain", "我现在怀孕三个月，可以喝咖啡吗"),
+    (P, "everyday", "plain", "突然想起来，体检报告上说我有点脂肪肝"),
+    (P, "everyday", "colloquial", "刚刚量了血压135/85，算高吗"),
+    (P, "everyday", "plain", "孩子半夜咳了几声，现在睡着了"),
+    (P, "everyday", "plain", "我爸胸口有时候闷，做过心电图是正常的，还要查什么"),
+    (P, "everyday", "colloquial", "奶奶今早起来有点头晕，量了血压正常，坐一会就好了"),
+    (P, "everyday", "plain", "我老婆产后三个月，腰一直疼"),
+    (P, "everyday", "plain", "朋友说喝醋能软化血管，是真的吗"),
+    (P, "everyday", "colloquial", "娃这两天不爱吃饭，是不是积食了"),
+    (P, "everyday", "plain", "我妈躺着的时候会心慌，坐起来就好了"),
+    (P, "everyday", "plain", "同事得了带状疱疹，会传染给我吗"),
+    (P, "everyday", "colloquial", "我家老头子天天喝酒，劝不住，咋办"),
+]

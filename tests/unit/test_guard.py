@@ -8,7 +8,7 @@ import pytest
 
 from caregpt.medical.eval_cli import main as eval_main
 from caregpt.medical.guard import DISCLAIMER, GuardConfig, SafetyGuard
-from caregpt.medical.guard_eval import evaluate_guard, load_probes
+from caregpt.medical.guard_eval import PROBES, evaluate_guard, load_probes
 
 
 def _user(text: str) -> list[dict]:
@@ -103,7 +103,7 @@ def test_only_the_latest_user_message_is_checked_and_content_parts_are_read():
 
 
 def test_safety_eval_command_prints_recall_and_false_alarms(tmp_path, capsys):
-    assert eval_main(["--task", "safety"]) == 0
+    assert eval_main(["--task", "safety", "--probes", str(PROBES)]) == 0
     out = capsys.readouterr().out
     assert "emergency recall" in out and "false alarms" in out
     bad = tmp_path / "probes.jsonl"

@@ -7,7 +7,8 @@
    lexicon phrase's and that shares at least half its characters with it is rewritten to the phrase
    ("喘不上起" -> "喘不上气", "胸口腾" -> "胸口疼"). Only the short lexicon below is repaired, so ordinary
    text is left as written.
-5. `present_clauses` drops clauses about the past or about an imagined case (去年, 以前, 已经好了, 如果), so
+5. `present_clauses` drops clauses about an imagined case (如果, 万一) and clauses about the past (去年, 以前,
+   已经好了) unless they also say "now", so
    "我爸去年心梗放了支架，现在恢复得挺好" says nothing is wrong now.
 """
 
@@ -105,7 +106,9 @@ def present_clauses(text: str) -> str:
     for clause in CLAUSE.split(text):
         if not clause:
             continue
-        if (HISTORY.search(clause) or HYPOTHETICAL.search(clause)) and not NOW.search(clause):
-            continue
+        if HYPOTHETICAL.search(clause):
+            continue  # "如果老人突然胸痛": imagined, even with a word for 'suddenly' in it
+        if HISTORY.search(clause) and not NOW.search(clause):
+            continue  # "去年心梗过" is history; "去年心梗过，今天又胸口疼" keeps its second clause
         kept.append(clause)
     return "，".join(kept)
