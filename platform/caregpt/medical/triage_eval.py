@@ -135,11 +135,13 @@ def evaluate_triage(
     train_files: Sequence[str | Path] | None = None,
     classifier="default",
     by_split: bool = True,
+    parts: Sequence[str] = ("dev", "test"),
 ) -> TriageReport:
     """Top-1 / top-3 of triage, retrieval alone, the constant baseline and chance, per file and split part.
 
     classifier: "default" (shipped), None (retrieval only), or a TriageClassifier; train_files overrides it with
-    one trained on those files' dev parts. limit: the first N records of each file."""
+    one trained on those files' dev parts. limit: the first N records of each file. parts: which split parts to
+    score (by_split only), e.g. ("test",)."""
     catalog = load_catalog(guides, catalog_path)
     if train_files:
         classifier = train_from_files(train_files, catalog, split="dev")
@@ -154,16 +156,19 @@ def evaluate_triage(
         path = Path(data_file)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: data file not found (expected JSONL with a 'department' field)")
-        parts = {s: FileResult(str(path), s) for s in (("dev", "test") if by_split else ("all",))}
-        accepted_by_part: dict[str, list[set[str]]] = {s: [] for s in parts}
-        counters = {s: (Counter(), Counter(), {}) for s in parts}
+        wanted = tuple(parts) if by_split else ("all",)
+        parts_of_file = {s: FileResult(str(path), s) for s in wanted}
+        accepted_by_part: dict[str, list[set[str]]] = {s: [] for s in parts_of_file}
+        counters = {s: (Counter(), Counter(), {}) for s in parts_of_file}
         seen = 0
         for number, record in _records(path):
             if limit is not None and seen >= limit:
                 break
             seen += 1
             part = split_of(record) if by_split else "all"
-            result = parts[part]
+            if part not in parts_of_file:
+                continue
+            result = parts_of_file[part]
             unmapped, unknown, per_label = counters[part]
             result.records += 1
             label_text = str(record.get("department") or "").strip()
@@ -192,7 +197,7 @@ def evaluate_triage(
             counts[0] += 1
             counts[1] += hit1
             counts[2] += hit3
-        for part, result in parts.items():
+        for part, result in parts_of_file.items():
             unmapped, unknown, per_label = counters[part]
             result.unmapped, result.unknown, result.per_label = dict(unmapped), dict(unknown), per_label
             result.constant = constant_baseline(accepted_by_part[part])
