@@ -38,6 +38,7 @@ def test_frozen_test_split_meets_the_targets():
     ("联系电话一三八一二三四五六七八", "一三八一二三四五六七八", "联系电话"),
     ("医保卡号 3101 2345 6789，请核对", "2345 6789", "请核对"),
     ("手机 138  1234  5678", "5678", "手机"),
+    ("座机：零二一 六二三四 五六七八，白天打", "五六七八", "白天打"),
 ])
 def test_the_leaks_named_in_the_issue_are_closed(text, secret, kept):
     masked = deidentify(text)

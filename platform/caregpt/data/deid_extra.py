@@ -47,8 +47,23 @@ def grouped_numbers(text: str, valid_id18) -> list[tuple[int, int, str]]:
     return out
 
 
+_PHONE_WORD = re.compile(r"电话|手机|座机|固话|联系方式|分机|传真")
+_CN_NUMBER_AFTER_CONTEXT = re.compile(r"(?:[零〇一幺二两三四五六七八九][\s\-]?){7,12}")
+
+
 def chinese_numeral_phones(text: str) -> list[tuple[int, int, str]]:
-    return [(m.start(), m.end(), "PHONE") for m in _CN_PHONE.finditer(text)]
+    """Mobiles in Chinese numerals anywhere; landlines (7-12 numerals) only right after a phone word (电话, 座机)."""
+    out = [(m.start(), m.end(), "PHONE") for m in _CN_PHONE.finditer(text)]
+    for context in _PHONE_WORD.finditer(text):
+        window = re.match(r"[^\u4e00-\u9fff\d]{0,3}(?:是|为|号码?是?)?[:：\s]*", text[context.end():])
+        start = context.end() + (window.end() if window else 0)
+        match = _CN_NUMBER_AFTER_CONTEXT.match(text, start)
+        if match:
+            end = match.end()
+            while end > start and text[end - 1] in " -":
+                end -= 1
+            out.append((start, end, "PHONE"))
+    return out
 
 
 @lru_cache(maxsize=4096)
