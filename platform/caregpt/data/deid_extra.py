@@ -80,7 +80,7 @@ def _person_tokens(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(spans)
 
 
-def kin_names(text: str, name_at) -> list[tuple[int, int, str]]:
+def kin_names(text: str, name_at, boundary_after: set[str] = frozenset()) -> list[tuple[int, int, str]]:
     """Names right after a kinship or role word (see the module docstring)."""
     out = []
     persons = None
@@ -88,16 +88,16 @@ def kin_names(text: str, name_at) -> list[tuple[int, int, str]]:
         start = match.end()
         word = match.group(0).strip(" \t\u3000:：")
         end = name_at(text, start, weak_needs_boundary=True)
-        if not end:
-            continue
+        if not end or (end - start == 2 and text[start] == text[start + 1]):
+            continue  # "常常", "明明": a doubled word, not surname + given name
         spaced = match.group(0) != word  # "丈夫 蒋文博", "患者：张三": a form, the name is what follows
         if word in P.KIN_STRONG and (spaced or end - start >= 2):
             out.append((start, end, "NAME"))
             continue
+        if boundary_after and end < len(text) and text[end] not in boundary_after:
+            continue  # "我是仲景智能医学助手": after a word verbs follow, the name must end at a boundary ("我是周涛的女儿")
         if persons is None:
             persons = _person_tokens(text)
-        for p_start, p_end in persons:
-            if p_start == start:
-                out.append((start, max(end, p_end) if p_end - start <= 4 else end, "NAME"))
-                break
+        if any(p_start == start for p_start, _ in persons):
+            out.append((start, end, "NAME"))
     return out

@@ -69,9 +69,11 @@ KIN_PREFIXES = (
     "丈夫", "妻子", "爱人", "老公", "老婆", "儿子", "女儿", "母亲", "父亲", "妈妈", "爸爸", "姐姐", "哥哥", "弟弟", "妹妹",
     "其姐姐", "其哥哥", "其母", "其父", "外孙女", "外孙", "孙子", "孙女", "儿媳", "女婿", "侄子", "侄女", "配偶", "主任", "副主任",
     "医生", "大夫", "护士", "患者", "病人", "家属", "我是", "代诉人", "主诉人", "先生（", "女士（", "先生(", "女士(",
+    "外婆", "外公", "奶奶", "爷爷", "姥姥", "姥爷", "舅舅", "叔叔", "阿姨", "姑姑", "婆婆", "公公", "岳父", "岳母", "继父", "继母",
+    "同事", "朋友", "室友", "同学", "老师", "班主任", "老板", "邻居",
 )
 # prefixes after which any surname-led name counts without the segmenter's agreement (forms: "患者：", "丈夫 ")
-KIN_WEAK = ("医生", "大夫", "护士", "我是", "妈妈", "爸爸")  # verbs often follow these: the segmenter must agree
+KIN_WEAK = ("医生", "大夫", "护士", "我是", "妈妈", "爸爸", "同事", "朋友", "室友", "同学", "老师", "班主任", "老板", "邻居")  # verbs often follow these: the segmenter must agree
 KIN_STRONG = tuple(k for k in KIN_PREFIXES if k not in KIN_WEAK)
 # labelled fields ("姓名：李四"): the name follows a colon
 NAME_FIELDS = (
