@@ -2,7 +2,7 @@
 
 Three classes (pass / urgent / refuse), softmax regression over binary character 1-3-gram features of the
 normalised text, fitted with full-batch Adam in numpy (a few hundred steps over ~800 items: about a second).
-The threshold on P(urgent or refuse) is chosen on the dev split from out-of-fold probabilities (5 folds), as the
+The threshold on P(urgent or refuse) is chosen on the dev split from out-of-fold probabilities (3 folds), as the
 highest recall whose false-alarm rate on the dev's benign items stays at or under `max_false_alarm`.
 Nothing is stored on disk: `default_classifier()` trains on first use from resources/safety/dev.jsonl and keeps
 the model in memory. The frozen test split is never read here.
@@ -112,7 +112,7 @@ def fit(texts: Sequence[str], labels: Sequence[str], steps: int = 300, l2: float
     return CharNgramClassifier(vocab, w, b, n_max=n_max)
 
 
-def choose_threshold(texts: Sequence[str], labels: Sequence[str], folds: int = 5, max_false_alarm: float = 0.02) -> float:
+def choose_threshold(texts: Sequence[str], labels: Sequence[str], folds: int = 3, max_false_alarm: float = 0.02) -> float:
     """The lowest threshold on out-of-fold P(not pass) whose false-alarm rate on benign dev items is <= the cap."""
     order = np.arange(len(texts))
     scores = np.zeros(len(texts))
