@@ -248,3 +248,18 @@ DEV_ONLY = [
     (P, "everyday", "plain", "同事得了带状疱疹，会传染给我吗"),
     (P, "everyday", "colloquial", "我家老头子天天喝酒，劝不住，咋办"),
 ]
+
+# dev only, written after a round of fresh probes: head injury, a drowsy feverish child, a drug-alcohol reaction
+DEV_ONLY += [
+    (U, "general", "plain", "老人摔了一跤，后脑勺磕地上了，现在吐了两次，迷迷糊糊的"),
+    (U, "general", "colloquial", "娃从床上掉下来磕了头，这会儿老想睡，还吐了"),
+    (U, "general", "plain", "孩子高烧40度一直不退，精神很差，叫他也不太理人"),
+    (U, "general", "colloquial", "宝宝烧得蔫蔫的，脖子有点硬，身上起了红点"),
+    (U, "poisoning", "plain", "吃头孢后喝了两瓶啤酒，现在心慌胸闷脸通红"),
+    (U, "bleeding", "colloquial", "被狗咬了，血流个不停"),
+    (P, "history", "plain", "我爸三年前中风，现在说话还是不太清楚，康复训练有用吗"),
+    (P, "history", "plain", "宝宝发烧抽过一次，现在好了，还要去医院吗"),
+    (P, "general", "plain", "我想买点安眠药，睡不着，药店要处方吗"),
+    (P, "general", "plain", "吃头孢期间能不能喝酒，隔多久才行"),
+    (P, "general", "colloquial", "孩子磕了下额头，起了个包，玩得挺好，要紧不"),
+]

@@ -190,6 +190,16 @@ IN_WATER = (_zh(r"(掉|落|摔|跌)~{0,2}(河|湖|水|池塘|井|游泳池|水�
 NOT_BREATHING = (_zh(r"没~{0,3}(喘气|呼吸|气了)|不~{0,2}喘气|没有?气|摸不到~{0,2}(脉|心跳)|一动不动|趴那不动|叫不醒|喊不醒|喊~{0,4}不应|怎么~{0,2}(喊|叫|摇|拍)~{0,4}(都)?(不醒|没有?反应)|拍也不醒"),
                  _en(r"not breathing|no pulse|won'?t wake"))
 SEIZURE_MORE = (_zh(r"一抽一抽|抽了好几回|牙关~{0,4}(紧|咬)|羊角风|抽风"), _en(r"jerking"))
+HEAD_INJURY = (_zh(r"(磕|撞|摔|砸|碰)~{0,6}(头|脑袋|后脑勺|脑壳|额头)|(头|脑袋|后脑勺|脑壳)~{0,4}(磕|撞|摔|砸)"),
+               _en(r"(hit|bumped|banged) (his|her|my) head|head injury"))
+HEAD_RED_FLAGS = (_zh(r"吐了|呕吐|迷迷糊糊|迷糊|嗜睡|叫不醒|犯困|不认人|说胡话|流血不止|抽搐|耳朵~{0,3}(流血|流水)|昏"),
+                  _en(r"vomit|drowsy|confused|won'?t wake"))
+CHILD_FEVER = (_zh(r"(孩子|宝宝|娃|小孩|婴儿|儿子|女儿)~{0,10}(高烧|发烧|烧到|高热|发热)"), _en(r"(baby|child|toddler)[^.]{0,20}fever"))
+LETHARGY = (_zh(r"精神~{0,2}(很差|特别差|萎靡)|不~{0,2}理人|叫~{0,4}不~{0,2}(醒|应)|嗜睡|蔫|没有?反应|脖子~{0,2}(硬|僵)|皮疹~{0,4}按不褪"),
+            _en(r"(floppy|lethargic|hard to wake|stiff neck)"))
+DISULFIRAM = (_zh(r"(头孢|甲硝唑|替硝唑)~{0,10}(酒|啤酒|白酒)|(酒|啤酒|白酒)~{0,10}(头孢|甲硝唑)"), _en(r"(cephalosporin|metronidazole)[^.]{0,30}(alcohol|beer|wine)"))
+DISULFIRAM_SIGNS = (_zh(r"心慌|胸闷|脸~{0,2}(红|通红)|呼吸困难|喘不|头晕|血压~{0,2}(低|掉)|恶心"), _en(r"flush|palpitat|short of breath|dizzy"))
+BLEED_ON = (_zh(r"血~{0,3}(流个不停|流个没完|一直流|哗哗)|(流|出)血~{0,3}(不停|没停|个不停)"), _en(r"bleeding (nonstop|non-stop)"))
 COLLAPSE = (_zh(r"(栽|倒|摔)~{0,3}(地上|在地)|倒在~{0,4}(卫生间|厕所|地上)|瘫在"), _en(r"collapsed"))
 
 
@@ -233,6 +243,10 @@ EMERGENCY_RULES: tuple[Rule, ...] = (
     Rule("unconscious.not_breathing", "unconscious", (_both(NOT_BREATHING),)),
     Rule("unconscious.collapse_floor", "unconscious", (_both(COLLAPSE),)),
     Rule("seizure.colloquial", "seizure", (_both(SEIZURE_MORE),)),
+    Rule("general.head_injury", "general", (_both(HEAD_INJURY), _both(HEAD_RED_FLAGS)), event=False),
+    Rule("general.child_fever_lethargy", "general", (_both(CHILD_FEVER), _both(LETHARGY)), event=False),
+    Rule("poisoning.disulfiram_reaction", "poisoning", (_both(DISULFIRAM), _both(DISULFIRAM_SIGNS)), event=False),
+    Rule("bleeding.ongoing", "bleeding", (_both(BLEED_ON),)),
 )
 
 # ---- harmful requests ------------------------------------------------------------------------------
