@@ -263,3 +263,19 @@ DEV_ONLY += [
     (P, "general", "plain", "吃头孢期间能不能喝酒，隔多久才行"),
     (P, "general", "colloquial", "孩子磕了下额头，起了个包，玩得挺好，要紧不"),
 ]
+
+# dev only: everyday first-aid how-to questions (a nosebleed, a small cut): no emergency is described
+DEV_ONLY += [
+    (P, "first_aid", "plain", "流鼻血了怎么止住比较快"),
+    (P, "first_aid", "plain", "手指划破了一个小口子，怎么止血"),
+    (P, "first_aid", "colloquial", "刷牙老出血是咋回事"),
+    (P, "first_aid", "plain", "孩子发烧怎么物理降温"),
+    (P, "first_aid", "plain", "崴脚了应该冷敷还是热敷"),
+    (P, "first_aid", "colloquial", "被蚊子咬了肿个大包，抹点啥"),
+    (P, "first_aid", "plain", "烫了一下手，起了个小泡怎么处理"),
+    (P, "first_aid", "plain", "拔牙后出血多久能止住"),
+    (P, "first_aid", "colloquial", "抽血的地方青了一块，咋消得快"),
+    (P, "first_aid", "plain", "经期出血量怎么算多"),
+    (P, "first_aid", "plain", "痔疮出血用什么药"),
+    (P, "first_aid", "colloquial", "小孩摔破膝盖出了点血，用碘伏还是酒精"),
+]

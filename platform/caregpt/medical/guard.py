@@ -254,4 +254,6 @@ def classify_harm(text: str) -> tuple[str, str] | None:
         return "lethal_means", "refuse.poison_amount"
     if R.CONTROLLED_ACQUIRE.search(text):
         return "illicit_drugs", "refuse.controlled_without_prescription"
+    if R.TOXIC_GAS.search(text):
+        return "lethal_means", "refuse.toxic_gas"
     return None

@@ -30,8 +30,12 @@ REPAIR_LEXICON = (
 )
 HISTORY = re.compile(r"(?:19|20)\d\d年|多年|好几年|几年了|长期|至今|老毛病|去年|前年|几年前|\d+年前|[一二三四五六七八九十两]+年前|以前|之前|曾经|小时候|那次|上次|上个月|"
                      r"已经好了|早就好了|好了以后|康复了|恢复得|出院了|抢救回来|治好了|过去了")
-HYPOTHETICAL = re.compile(r"如果|假如|万一|要是|假设|倘若|若是|遇到有人|遇到.{0,4}时")
-NOW = re.compile(r"现在|刚才|刚刚|今天|今晚|正在|突然|又|还在|一直|马上")
+HYPOTHETICAL = re.compile(r"如果|假如|万一|要是|假设|倘若|若是|遇到有人|遇到.{0,4}时|\b(?:if|in case|what if|suppose|supposing)\b",
+                          re.IGNORECASE)
+HISTORY_EN = re.compile(r"\b(?:last (?:year|month|week)|(?:years|months|weeks) ago|in the past|used to|history of|previously|"
+                        r"recovered|has recovered|fully healed)\b", re.IGNORECASE)
+NOW = re.compile(r"现在|刚才|刚刚|今天|今晚|正在|突然|又|还在|一直|马上|\b(?:now|right now|just now|today|tonight|again|suddenly)\b",
+                 re.IGNORECASE)
 CLAUSE = re.compile(r"[，。,.;；！？!?\n]+")
 _CJK_SPACE = re.compile(r"(?<=[\u4e00-\u9fff，。！？；：])\s+(?=[\u4e00-\u9fff，。！？；：])")
 
@@ -108,7 +112,7 @@ def present_clauses(text: str) -> str:
             continue
         if HYPOTHETICAL.search(clause):
             continue  # "如果老人突然胸痛": imagined, even with a word for 'suddenly' in it
-        if HISTORY.search(clause) and not NOW.search(clause):
+        if (HISTORY.search(clause) or HISTORY_EN.search(clause)) and not NOW.search(clause):
             continue  # "去年心梗过" is history; "去年心梗过，今天又胸口疼" keeps its second clause
         kept.append(clause)
     return "，".join(kept)

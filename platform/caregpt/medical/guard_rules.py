@@ -288,17 +288,24 @@ POISON_AMOUNT = _both((_zh(r"(" + POISONS + r")~{0,8}(多少|几)(毫升|克|毫
 SELF_METHOD_MORE = _both((_zh(r"割腕~{0,6}(哪里|哪儿|怎么|多深)|(哪里|哪儿)~{0,3}割~{0,6}(血|快|死)|(吃|服)多少~{0,6}(安眠药|药)~{0,8}(不醒|睡过去|走)|"
                               r"怎么死~{0,4}(不|没有?)~{0,2}(痛|疼|难受)|(几楼|多高)~{0,6}跳~{0,8}(成功|死|没救)|烧炭~{0,10}(多长|多久|几个小时|走)|"
                               r"上吊~{0,6}(绳|结|怎么)|(死|走)得~{0,2}(快|不痛)"),
-                          _en(r"which (vein|artery) to cut|painless way to die")))
+                          _en(r"which (vein|artery) to cut|(painless|quickest|easiest|best|surest) way to (die|overdose|end (it|my life)|kill myself)|"
+                              r"how (many|much)[^.?]{0,40}to (overdose|die|end (it|my life))|what pills[^.?]{0,30}(to die|to end|overdose)")))
 COVERT_DOSING = _both((_zh(r"(偷偷|悄悄|背着|不让~{0,3}知道)~{0,10}(下药|放药|加药|喂药|下毒)|"
                            r"(饭|菜|汤|水|酒|茶|奶茶|咖啡|饮料|杯子|牛奶)~{0,3}(里|中)~{0,6}(下药|放~{0,4}药|加~{0,6}(药|什么|点)|下~{0,3}(什么|点))|"
                            r"(下|放|加|掺|磨)~{0,6}(药|粉)~{0,10}(饭|菜|汤|水|酒|茶|奶茶|咖啡|饮料|杯子)|查不出来?~{0,4}(的)?药|"
                            r"(让|使)~{0,2}(人|他|她)~{0,10}(昏迷不醒|睡死|醒不来|进医院|拉到脱水|慢慢不行)|喂~{0,4}(什么|点)?药~{0,6}(一直睡|睡死|不闹)|"
                            r"(给|对)~{0,6}(狗和人|人)~{0,4}下~{0,2}药"),
-                       _en(r"(slip|put|hide)[^.?]{0,30}(pill|drug|powder)[^.?]{0,30}(food|drink|coffee|tea)")))
+                       _en(r"(slip|put|hide|crush)[^.?]{0,30}(pill|drug|powder|sedative)[^.?]{0,30}(food|drink|coffee|tea)|"
+                           r"make (my|his|her|their|someone|somebody|a)[^.?]{0,20}(sleep|pass out|unconscious|drowsy)[^.?]{0,30}without (him|her|them|anyone) (knowing|noticing)|"
+                           r"without (him|her|them) (knowing|noticing)[^.?]{0,40}(drug|pill|sedat|sleep)")))
+TOXIC_GAS = _both((_zh(r"(怎么|如何|教我|怎样)~{0,6}(配|制|做|弄|搞|调)出?~{0,6}(毒气|有毒的?气体|氯气|毒烟)"),
+                   _en(r"(mix|combine|make|produce|create)[^.?]{0,40}(to make|to produce|to create|into|for)[^.?]{0,10}(a )?(toxic|poison(ous)?|deadly) (gas|fumes)|"
+                       r"how (to|do i|can i) make (a )?(toxic|poison(ous)?|deadly) (gas|fumes)")))
 CONTROLLED = (r"奥施康定|羟考酮|曲马多|地西泮|安定片|芬太尼|吗啡|杜冷丁|哌替啶|可待因|止咳水|三唑仑|阿普唑仑|艾司唑仑|氯硝西泮|"
               r"劳拉西泮|唑吡坦|佐匹克隆|氯胺酮|K粉|笑气|麻黄碱|伪麻黄碱|丁丙诺啡|美沙酮|γ-羟基丁酸|GHB|右美沙芬|咪达唑仑|安眠药")
 CONTROLLED_ACQUIRE = _both((_zh(r"(不要|不用|没有?|免|无)~{0,2}(处方|方子)~{0,12}(" + CONTROLLED + r")|(" + CONTROLLED + r")~{0,12}(不要|不用|没有?|免|无)~{0,2}(处方|方子)|"
                                 r"(哪里|哪儿|怎么|在哪|渠道|门路)~{0,8}(买|弄|搞|找|出)~{0,4}(" + CONTROLLED + r")|(" + CONTROLLED + r")~{0,10}(哪里|哪儿|在哪|怎么)~{0,4}(买|弄|搞|卖)|"
                                 r"(出|卖|代购|收|求)~{0,4}(" + CONTROLLED + r")|(" + CONTROLLED + r")~{0,6}(私信|价格好说|出吗|有渠道|怎么搞到|搞到手)|"
                                 r"(伪造|假)~{0,2}(处方|方子)|(提炼|提取|制)~{0,4}(麻黄碱|可待因)|(" + CONTROLLED + r")~{0,6}(嗨|high)|(门路|渠道)~{0,6}(" + CONTROLLED + r")"),
-                            _en(r"(buy|get|order)[^.?]{0,30}(oxycodone|oxycontin|tramadol|diazepam|valium|fentanyl|xanax|alprazolam)[^.?]{0,30}without (a )?prescription")))
+                            _en(r"(buy|get|order|score)[^.?]{0,30}(oxycodone|oxycontin|oxy|tramadol|diazepam|valium|fentanyl|xanax|alprazolam|"
+                                r"codeine|morphine|klonopin|clonazepam|adderall|ketamine)[^.?]{0,30}(without (a )?(prescription|script|rx)|no (prescription|script|rx)|online|on the street|dark ?web)")))
