@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    usage = "caregpt eval --task {generation,choice,triage,safety} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
+    usage = "caregpt eval --task {generation,choice,triage,safety,deid} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
     p = _Parser(prog="caregpt eval", usage=usage, add_help=False, description=DESCRIPTION, epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("generation", "choice"), help="what to evaluate (required)")
@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     for i, arg in enumerate(argv):  # the medical tasks live with the medical layer (caregpt.medical)
         task = arg.split("=", 1)[1] if arg.startswith("--task=") else argv[i + 1] if arg == "--task" and i + 1 < len(argv) else None
-        if task in ("triage", "safety"):
+        if task in ("triage", "safety", "deid"):
             from caregpt.medical.eval_cli import main as medical_main
 
             return medical_main(argv)
