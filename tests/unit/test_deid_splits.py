@@ -58,3 +58,6 @@ def test_eval_cli_reports_dev_and_test(capsys):
     assert eval_main(["--task", "deid"]) == 0
     out = capsys.readouterr().out
     assert "[dev (tuned on)]" in out and "[test (frozen, never tuned on)]" in out and out.count("lookalikes") == 2
+    from caregpt.eval.cli import main as caregpt_eval  # `caregpt eval --task deid` routes to the same report
+
+    assert caregpt_eval(["--task", "deid"]) == 0 and "[test (frozen" in capsys.readouterr().out

@@ -18,6 +18,8 @@ EPILOG = """\
 examples:
   caregpt eval --task triage --guides ../shared/data/hospital_guide_departments.json \\
       --data ../shared/data/sft_toyhom_im_department.jsonl ../shared/data/sft_cmtmedqa_multiturn.jsonl
+      # each file's dev and test parts; the shipped classifier saw a sample of dev parts only
+  caregpt eval --task triage --guides ... --data FILES --train FILES   # classifier trained on FILES' dev parts
   caregpt eval --task safety                       # shipped dev + frozen test sets, per category, with baselines
   caregpt eval --task safety --probes my_probes.jsonl
   caregpt eval --task deid                         # shipped PHI dev + frozen test sets
