@@ -46,7 +46,8 @@ def test_emergencies_get_urgent_advice_with_the_configured_number(text, category
     chinese = any("\u4e00" <= ch <= "\u9fff" for ch in text)
     assert decision.language == ("zh" if chinese else "en")
     assert any("\u4e00" <= ch <= "\u9fff" for ch in decision.reply_prefix) == chinese
-    assert decision.labels() == {"action": "urgent", "category": category, "rule": decision.rule}
+    assert decision.labels() == {"action": "urgent", "category": category, "rule": decision.rule, "layer": decision.layer}
+    assert decision.layer in ("rules", "concepts", "classifier") and decision.rule
 
 
 @pytest.mark.parametrize(

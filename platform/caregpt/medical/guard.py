@@ -8,7 +8,7 @@ How serving uses a decision:
 - pass:   answer as usual, then append `decision.disclaimer` (empty when the conversation already has it).
 - urgent: put `decision.reply_prefix` (what to do now, the emergency number) before the model's answer.
 - refuse: do not call the model; answer `decision.reply_prefix` alone (for self-harm it is the crisis message).
-`decision.labels()` gives {"action", "category", "rule"} for counting decisions as metrics.
+`decision.labels()` gives {"action", "category", "rule", "layer"} for counting decisions as metrics.
 
 Layers, cheapest first; every decision names the layer and the reason (`decision.layer`, `decision.rule`):
 1. normalisation (guard_normalize.py): width, traditional -> simplified, spaces, pinyin-level homophone repair;
@@ -110,7 +110,8 @@ class GuardDecision:
     layer: str = "none"  # rules | concepts | classifier | judge | none
 
     def labels(self) -> dict[str, str]:
-        return {"action": self.action, "category": self.category, "rule": self.rule or "none"}
+        """Bounded metric labels (never message text): action, category, rule (the reason) and deciding layer."""
+        return {"action": self.action, "category": self.category, "rule": self.rule or "none", "layer": self.layer}
 
 
 def message_text(message: dict) -> str:
