@@ -300,7 +300,7 @@ def detect(text: str, types: tuple[str, ...] = TYPES, known_names: set[str] | No
             spans += detector(text)
     extra = X.grouped_numbers(text, valid_id18) + X.chinese_numeral_phones(text)
     if "NAME" in types:
-        extra += X.kin_names(text, cn_name_at, _BOUNDARY_AFTER_NAME)
+        extra += X.kin_names(text, cn_name_at, _BOUNDARY_AFTER_NAME) + X.acting_names(text, cn_name_at)
     spans += [Span(s, e, kind, text[s:e]) for s, e, kind in extra if kind in types]
     if "NAME" in types:
         spans += _cn_names(text) + _en_names(text)

@@ -26,7 +26,20 @@ _GROUPED = re.compile(r"(?<![0-9A-Za-z])\d(?:[ \-\u3000]{0,2}\d){9,19}(?:[ \-\u3
 _CN_PHONE = re.compile(r"(?<![零〇一幺二两三四五六七八九十百千万])[一幺][三四五六七八九](?:[\s\-]?[零〇一幺二两三四五六七八九]){9}"
                        r"(?![零〇一幺二两三四五六七八九十百千万])")
 _KIN = re.compile(r"(?:" + "|".join(re.escape(k) for k in sorted(P.KIN_PREFIXES, key=len, reverse=True)) + r")[ \t\u3000]*[:：]?[ \t\u3000]*")
+_ACT = re.compile("|".join(P.NAME_ACTS))
+_BEFORE_ACT = re.compile("|".join(P.NAME_BEFORE))
 _jieba_lock = threading.Lock()
+
+
+def acting_names(text: str, name_at) -> list[tuple[int, int, str]]:
+    """"由王芳陪同", "请李建国签字": surname-led name after a preposition and right before a record act."""
+    out = []
+    for match in _BEFORE_ACT.finditer(text):
+        start = match.end()
+        end = name_at(text, start)
+        if end and end - start >= 2 and _ACT.match(text, end):
+            out.append((start, end, "NAME"))
+    return out
 
 
 def grouped_numbers(text: str, valid_id18) -> list[tuple[int, int, str]]:

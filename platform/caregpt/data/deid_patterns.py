@@ -71,6 +71,7 @@ KIN_PREFIXES = (
     "医生", "大夫", "护士", "患者", "病人", "家属", "我是", "代诉人", "主诉人", "先生（", "女士（", "先生(", "女士(",
     "外婆", "外公", "奶奶", "爷爷", "姥姥", "姥爷", "舅舅", "叔叔", "阿姨", "姑姑", "婆婆", "公公", "岳父", "岳母", "继父", "继母",
     "同事", "朋友", "室友", "同学", "老师", "班主任", "老板", "邻居",
+    "姓名", "患者姓名", "联系人", "紧急联系人", "签名", "签字", "监护人", "委托人",
 )
 # prefixes after which any surname-led name counts without the segmenter's agreement (forms: "患者：", "丈夫 ")
 KIN_WEAK = ("医生", "大夫", "护士", "我是", "妈妈", "爸爸", "同事", "朋友", "室友", "同学", "老师", "班主任", "老板", "邻居")  # verbs often follow these: the segmenter must agree
@@ -88,6 +89,9 @@ NAME_TITLES = (
 )
 # a verb right after a bare name at the start of a clause ("张三诉头痛三天", "李四于昨日入院")
 NAME_VERBS = ("主诉", "自诉", "自述", "诉", "述")
+# "由王芳陪同", "请李建国签字": a name between a preposition and what people do in a record
+NAME_BEFORE = ("由", "经", "请", "让", "和", "与", "跟", "交给", "转告")
+NAME_ACTS = ("签字", "签名", "陪同", "代诉", "代签", "护送", "陪护", "确认", "送入", "送来", "送至", "知情")
 
 EN_TITLES = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sr|Jr)"
 EN_NAME_TOKEN = r"[A-Z][a-z]+(?:[A-Z][a-z]+)?(?:[-'][A-Z][a-z]+)?"  # Smith, McDonald, O'Brien, Smith-Jones
