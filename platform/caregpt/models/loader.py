@@ -301,3 +301,10 @@ def load_model(config: Any, *, for_training: bool = True, device: str | None = N
         dev,
     )
     return model
+
+
+def load_encoder(model_dir: str) -> PreTrainedModel:
+    """A local text encoder (the knowledge base's embedding model) in eval mode: safetensors only, no remote code."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, trust_remote_code=False).eval()
