@@ -164,19 +164,16 @@ def likelihood_predictions(model, tokenizer, items, prompts, letter_ids: dict[st
 
 
 def _stop_ids(template, tokenizer) -> list[int]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for stop in template.stop_strings:
-        encoded = tokenizer.encode(stop, add_special_tokens=False)
-        if len(encoded) == 1:  # single-token stops end generation early; longer ones are cut afterwards
-            ids.append(encoded[0])
-    return list(dict.fromkeys(ids))
+    # single-token stops end generation early; longer ones are cut afterwards (the inference loader's rule)
+    from caregpt.models.inference import stop_token_ids
+
+    return stop_token_ids(tokenizer, template.stop_strings)[0]
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:
-    for stop in stops:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
+    from caregpt.models.inference import cut_at_stops
+
+    return cut_at_stops(text, stops)
 
 
 def generate_predictions(model, tokenizer, template, items, prompts, batch_size: int, max_new_tokens: int,
