@@ -143,3 +143,20 @@ def test_closing_a_local_stream_cancels_the_request_in_the_engine(chat):
         time.sleep(0.05)
     assert chat.engine.stats() == {"waiting": 0, "running": 0}
     assert _answer(chat, temperature=0)  # and the engine keeps answering
+
+
+def test_a_quantised_base_keeps_one_adapter_attached_and_the_engine_answers(tiny, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from caregpt.chat.local import LocalChat
+    from caregpt.models.adapters import is_quantized
+
+    adapter = make_lora_adapter(tiny, tmp_path / "qlora", quantization_bit=4)
+    with pytest.raises(ConfigError, match="cannot merge adapter"):
+        load_for_inference(InferenceSpec(str(tiny), (str(adapter), str(adapter)), quantization_bit=4, device="cpu"))
+    chat = LocalChat(str(tiny), checkpoint_dir=[str(adapter)], extra={"quantization_bit": 4})
+    try:
+        assert is_quantized(chat.model) and type(chat.model).__name__.startswith("PeftModel")  # merging needs float weights
+        assert chat.template.name == "chatml"  # recorded beside the adapter
+        assert _answer(chat, temperature=0)
+    finally:
+        chat.close()

@@ -222,7 +222,8 @@ def _run_config(spec: InferenceSpec):
     return load_config(None, values)
 
 
-def _check_adapter(entry: str) -> Path:
+def check_adapter_dir(entry: str) -> Path:
+    """The adapter directory `entry`, or a ConfigError: it must hold adapter_config.json and safetensors weights."""
     path = Path(entry).expanduser()
     if not (path / ADAPTER_CONFIG_NAME).is_file():
         hint = "; it holds a full model (config.json): use it as model_name_or_path instead" if (path / "config.json").is_file() else ""
@@ -265,7 +266,7 @@ def attach_adapters(model: Any, adapters: Iterable[str], *, merge: bool = True, 
     if not merge and len(adapters) > 1:
         raise ConfigError(f"{len(adapters)} adapters {adapters} cannot stay attached together (a quantised base cannot merge them): merge them first (caregpt export)")
     for entry in adapters:
-        path = _check_adapter(entry)
+        path = check_adapter_dir(entry)
         try:
             with quiet_peft():
                 model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
@@ -291,7 +292,7 @@ def load_inference_model(spec: InferenceSpec) -> Any:
     if spec.quantization_bit and len(spec.adapters) > 1:
         raise ConfigError(merge_into_quantized_message(list(spec.adapters[:-1]), spec.quantization_bit))
     for entry in spec.adapters:
-        _check_adapter(entry)  # before any weight is read
+        check_adapter_dir(entry)  # before any weight is read
     model = load_model(_run_config(spec), for_training=False, device=spec.device, reward_head=spec.reward_head)
     model = attach_adapters(model, spec.adapters, merge=not is_quantized(model))
     model.eval()

@@ -79,13 +79,12 @@ def adapter_model(base: Any, adapter_dir: Path) -> Any:
 
 def preflight(config: ServeConfig) -> None:
     """Cheap checks on the driver before any replica starts: paths exist and are what they claim to be."""
-    from caregpt.models.adapters import ADAPTER_CONFIG_NAME
+    from caregpt.models.inference import check_adapter_dir
     from caregpt.models.loader import resolve_model_source
 
     resolve_model_source(run_config(config))  # ConfigError naming the problem
     for adapter in config.checkpoint_dir or []:
-        if not (Path(adapter).expanduser() / ADAPTER_CONFIG_NAME).is_file():
-            raise ConfigError(f"checkpoint_dir entry {adapter!r} is not an adapter directory (no {ADAPTER_CONFIG_NAME})")
+        check_adapter_dir(adapter)  # an adapter directory with safetensors weights, as the replicas will load it
     if config.adapters_dir and not Path(config.adapters_dir).expanduser().is_dir():
         raise ConfigError(f"adapters_dir {config.adapters_dir!r} is not a directory")
     if config.engine == "vllm":
