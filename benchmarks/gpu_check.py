@@ -206,6 +206,38 @@ def engine_check(model_dir: Path, size: dict, device: str) -> dict:
     return {"c1_tokens_per_s": c1, "c32_tokens_per_s": c32, "ratio": c32 / c1, "tokens": [one_tokens, many_tokens]}
 
 
+def sft_check(model_dir: Path, tmp: Path, size: dict, tokenizer, gpu: bool, peak: float | None) -> tuple[dict, str]:
+    import torch
+
+    data = packed_dataset(size)
+    try:
+        sft = train_stage(run_config(model_dir, tmp / "sft", size, gpu, size["steps"]), data, tokenizer, gpu, size["warmup"])
+    except torch.cuda.OutOfMemoryError:
+        size["batch"] = max(1, size["batch"] // 2)  # a smaller card: one retry at half the rows per step
+        _say(f"out of memory: retrying SFT with --batch {size['batch']}")
+        torch.cuda.empty_cache()
+        sft = train_stage(run_config(model_dir, tmp / "sft2", size, gpu, size["steps"]), data, tokenizer, gpu, size["warmup"])
+    sft["mfu"] = sft["tokens_per_s"] * sft["flops_per_token"] / (peak * 1e12) if peak else None
+    mfu = f"{100 * sft['mfu']:.1f}% (target >= {100 * MFU_TARGET:.0f}%, peak {peak:.0f} TFLOP/s)" if peak else "n/a (no bf16 peak known: --peak-tflops)"
+    mem = f"{sft['peak_memory_gib']:.1f} GiB" if sft["peak_memory_gib"] is not None else "n/a on CPU"
+    return sft, f"{'bf16' if gpu else 'fp32'} packed SFT: {sft['tokens_per_s']:,.0f} tokens/s over {sft['steps_timed']} steps, MFU {mfu}, peak memory {mem}"
+
+
+def qlora_check(model_dir: Path, tmp: Path, size: dict, tokenizer, gpu: bool) -> tuple[dict | None, str]:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return None, "skipped (bitsandbytes is not importable here)"
+    config = run_config(model_dir, tmp / "qlora", size, gpu, size["qlora_steps"] + 1, finetuning_type="lora", lora_target="all",
+                        quantization_bit=4, gradient_checkpointing=True)
+    qlora = train_stage(config, packed_dataset(size, seed=1), tokenizer, gpu, 1)
+    mem = f"{qlora['peak_memory_gib']:.1f} GiB" if qlora["peak_memory_gib"] is not None else "n/a on CPU"
+    return qlora, f"4-bit base + LoRA on every linear layer: peak memory {mem}, {qlora['tokens_per_s']:,.0f} tokens/s"
+
+
+def engine_line(eng: dict) -> tuple[dict, str]:
+    return eng, (f"{eng['c1_tokens_per_s']:,.0f} output tokens/s at concurrency 1, {eng['c32_tokens_per_s']:,.0f} at 32 "
+                 f"({eng['ratio']:.1f}x)")
+
+
 def peak_tflops(override: float | None) -> tuple[float | None, str]:
     import torch
 
@@ -252,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     _say(f"device {card}; torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        _say("warning: the platform is written for transformers >= 5.20 (pyproject.toml); carry that wheel if a check fails")
     results: dict = {"device": card, "sizes": size}
+    failed: list[str] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         model_dir = build_model_dir(Path(tmp) / "model", size, device)
@@ -260,42 +295,28 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = load_tokenizer(str(model_dir))
         _say(f"random-init Llama ({size['layers']} layers, d={size['hidden']}) written in {time.perf_counter() - started:.0f} s")
-        if "sft" not in args.skip:
-            data = packed_dataset(size)
-            try:
-                sft = train_stage(run_config(model_dir, Path(tmp) / "sft", size, gpu, size["steps"]), data, tokenizer, gpu, size["warmup"])
-            except torch.cuda.OutOfMemoryError:
-                size["batch"] = max(1, size["batch"] // 2)  # a smaller card: one retry at half the rows per step
-                _say(f"out of memory: retrying SFT with --batch {size['batch']}")
+        checks = {
+            "sft": lambda: sft_check(model_dir, Path(tmp), size, tokenizer, gpu, peak),
+            "qlora": lambda: qlora_check(model_dir, Path(tmp), size, tokenizer, gpu),
+            "engine": lambda: engine_line(engine_check(model_dir, size, device)),
+        }
+        for name, check in checks.items():
+            if name in args.skip:
+                continue
+            try:  # one check failing (an old transformers on the image, say) still lets the others report
+                results[name], line = check()
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                results[name], line = {"error": f"{type(exc).__name__}: {exc}"}, f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"
+                failed.append(name)
+            _say(f"{name}: {line}")
+            if gpu:
                 torch.cuda.empty_cache()
-                sft = train_stage(run_config(model_dir, Path(tmp) / "sft2", size, gpu, size["steps"]), data, tokenizer, gpu, size["warmup"])
-            sft["mfu"] = sft["tokens_per_s"] * sft["flops_per_token"] / (peak * 1e12) if peak else None
-            results["sft"] = sft
-            mfu = f"{100 * sft['mfu']:.1f}% (target >= {100 * MFU_TARGET:.0f}%, peak {peak:.0f} TFLOP/s)" if peak else "n/a (no bf16 peak known: --peak-tflops)"
-            mem = f"{sft['peak_memory_gib']:.1f} GiB" if sft["peak_memory_gib"] is not None else "n/a on CPU"
-            _say(f"SFT {'bf16' if gpu else 'fp32'} packed: {sft['tokens_per_s']:,.0f} tokens/s over {sft['steps_timed']} steps, MFU {mfu}, peak memory {mem}")
-        if "qlora" not in args.skip:
-            if importlib.util.find_spec("bitsandbytes") is None:
-                _say("QLoRA: skipped (bitsandbytes is not importable here)")
-                results["qlora"] = None
-            else:
-                config = run_config(model_dir, Path(tmp) / "qlora", size, gpu, size["qlora_steps"] + 1, finetuning_type="lora",
-                                    lora_target="all", quantization_bit=4, gradient_checkpointing=True)
-                qlora = train_stage(config, packed_dataset(size, seed=1), tokenizer, gpu, 1)
-                results["qlora"] = qlora
-                mem = f"{qlora['peak_memory_gib']:.1f} GiB" if qlora["peak_memory_gib"] is not None else "n/a on CPU"
-                _say(f"QLoRA 4-bit: peak memory {mem}, {qlora['tokens_per_s']:,.0f} tokens/s")
-        if "engine" not in args.skip:
-            eng = engine_check(model_dir, size, device)
-            results["engine"] = eng
-            _say(f"engine: {eng['c1_tokens_per_s']:,.0f} output tokens/s at concurrency 1, {eng['c32_tokens_per_s']:,.0f} at 32 "
-                 f"({eng['ratio']:.1f}x)")
     results["without"] = list(FORBIDDEN)
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    _say(f"done in {results['wall_s']:.0f} s, with {', '.join(FORBIDDEN)} blocked")
+    _say(f"done in {results['wall_s']:.0f} s, with {', '.join(FORBIDDEN)} blocked" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

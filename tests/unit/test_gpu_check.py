@@ -31,4 +31,4 @@ def test_gpu_check_smoke_runs_the_stage_and_engine_with_ray_trl_deepspeed_blocke
     assert engine["c32_tokens_per_s"] > engine["c1_tokens_per_s"]  # batching 32 streams beats one
     if result["qlora"] is not None:  # bitsandbytes importable: the 4-bit LoRA stage trained too
         assert math.isfinite(result["qlora"]["loss"])
-    assert "[gpu_check] SFT fp32 packed" in run.stdout and "[gpu_check] engine:" in run.stdout
+    assert "[gpu_check] sft: fp32 packed SFT" in run.stdout and "[gpu_check] engine: " in run.stdout
