@@ -160,3 +160,21 @@ def test_a_quantised_base_keeps_one_adapter_attached_and_the_engine_answers(tiny
         assert _answer(chat, temperature=0)
     finally:
         chat.close()
+
+
+def test_model_weights_are_read_only_by_the_one_loader():
+    """`grep from_pretrained platform/caregpt`: weights load in models/loader.py and models/inference.py only."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[2] / "platform" / "caregpt"
+    weights = re.compile(r"^(AutoModel\w*|PeftModel\w*|\w+For(CausalLM|SequenceClassification))$")  # not tokenizers / configs
+    allowed = {root / "models" / "loader.py", root / "models" / "inference.py"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Attribute) and func.attr == "from_pretrained" and isinstance(func.value, ast.Name):
+                if weights.match(func.value.id) and path not in allowed:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {func.value.id}")
+    assert found == []
