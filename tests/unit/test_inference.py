@@ -100,6 +100,11 @@ def test_refuses_pickled_adapters_and_non_adapters(tiny, tmp_path):
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
     with pytest.raises(ConfigError, match="pickled adapter_model.bin, which is refused"):
         load_for_inference(InferenceSpec(str(tiny), (str(pickled),), device="cpu"))
+    from caregpt.serve.config import ServeConfig
+    from caregpt.serve.loading import preflight
+
+    with pytest.raises(ConfigError, match="pickled adapter_model.bin"):  # `caregpt serve` refuses it on the driver
+        preflight(ServeConfig(model_name_or_path=str(tiny), checkpoint_dir=[str(pickled)]))
     with pytest.raises(ConfigError, match="holds a full model"):
         load_for_inference(InferenceSpec(str(tiny), (str(tiny),), device="cpu"))
     with pytest.raises(ConfigError, match="does not exist"):
