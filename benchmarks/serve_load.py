@@ -273,16 +273,14 @@ class InProcess:
 
     def __init__(self, model_dir: Path, threads: int):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from caregpt.data.templates import get_template
+        from caregpt.models.inference import InferenceSpec, load_for_inference
         from caregpt.serve.hf_engine import TransformersEngine
 
         torch.set_num_threads(threads)
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
-        self.template = get_template("chatml", self.tok)
-        self.engine = TransformersEngine(model, self.tok, template_stops=self.template.stop_strings, batching="continuous", max_batch_size=32, max_model_len=2048)
+        loaded = load_for_inference(InferenceSpec(str(model_dir), template="chatml", device="cpu"))  # the one inference loader
+        self.tok, self.template = loaded.tokenizer, loaded.template
+        self.engine = TransformersEngine(loaded.model, self.tok, template_stops=self.template.stop_strings, max_batch_size=32, max_model_len=2048)
         self._count = 0
 
     async def one(self, messages, max_tokens: int) -> Sample:
