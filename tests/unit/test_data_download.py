@@ -155,6 +155,22 @@ def test_resume_after_a_cut_connection(tmp_path, served, capsys):
     assert not (tmp_path / "d" / "raw" / "toyhom_demo" / "内科.csv.part").exists()
 
 
+def test_a_run_out_of_retries_keeps_the_part_and_the_next_run_resumes(tmp_path, served, capsys):
+    server, body = served
+    server.cut_next = True
+    registry = write_registry(tmp_path / "reg.yaml", server.url("/Data_数据/IM_内科/内科.csv"), hashlib.sha256(body).hexdigest())
+    args = ["toyhom_demo", "--dir", str(tmp_path / "d"), "--registry", str(registry), "--allow-invalid"]
+
+    assert main([*args, "--retries", "0"]) == 1
+    part = tmp_path / "d" / "raw" / "toyhom_demo" / "内科.csv.part"
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert part.read_bytes() == body[: len(body) // 2]
+
+    assert main(args) == 0
+    assert f"resumed from byte {len(body) // 2}" in capsys.readouterr().out
+    assert server.requests[-1][1] == f"bytes={len(body) // 2}-" and not part.exists()
+
+
 def test_resume_from_a_part_file_left_by_an_earlier_run(tmp_path, served):
     server, body = served
     dest = tmp_path / "f.csv"

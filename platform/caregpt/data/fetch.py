@@ -105,7 +105,9 @@ def _total_from(response, offset: int) -> tuple[int | None, bool]:
     """(full file size if known, whether the server honoured the range)."""
     content_range = response.headers.get("Content-Range", "")
     length = response.headers.get("Content-Length")
-    if response.status == 206 and content_range.startswith(f"bytes {offset}-"):
+    if response.status == 206:
+        if not content_range.startswith(f"bytes {offset}-"):
+            raise DownloadError(f"{response.url}: asked for bytes {offset}- but the server sent {content_range or 'an unlabelled range'}")
         total = content_range.rsplit("/", 1)[-1]
         return (int(total) if total.isdigit() else None), True
     return (int(length) if length and length.isdigit() else None), False
@@ -143,24 +145,33 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, size_bytes: int | 
                 progress = Progress(label or dest.name, total, offset, stream)
             else:
                 progress.total, progress.done = total, offset
-            try:
-                with open(part, "ab" if offset else "wb") as out:
-                    while block := response.read(CHUNK):
-                        out.write(block)
-                        progress.update(len(block))
-            except (http.client.IncompleteRead, ConnectionError, TimeoutError, OSError) as exc:
+            cut = None
+            with open(part, "ab" if offset else "wb") as out:  # a disk error here is not a cut: it propagates
+                while True:
+                    try:
+                        block = response.read(CHUNK)
+                    except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+                        cut = exc
+                        break
+                    if not block:
+                        break
+                    out.write(block)
+                    progress.update(len(block))
+            if cut is not None:
                 cuts += 1
                 if cuts > retries:
                     progress.close()
-                    raise DownloadError(f"{url}: the connection was cut {cuts} times (last: {exc!r}); {part} keeps "
-                                        f"{part.stat().st_size} bytes, run the same command again to resume") from exc
+                    raise DownloadError(f"{url}: the connection was cut {cuts} times (last: {cut!r}); {part} keeps "
+                                        f"{part.stat().st_size} bytes, run the same command again to resume") from cut
                 time.sleep(min(0.5 * cuts, 5.0))
                 continue
         got = part.stat().st_size
         if total is not None and got < total:
             cuts += 1  # the server closed early without an error: ask for the rest
             if cuts > retries:
-                raise DownloadError(f"{url}: got {got} of {total} bytes after {cuts} tries; run again to resume")
+                progress.close()
+                raise DownloadError(f"{url}: the connection was cut {cuts} times; {part} keeps {got} of {total} bytes, "
+                                    "run the same command again to resume")
             continue
         break
     if progress is not None:
