@@ -171,6 +171,30 @@ def rotated(order: list[str], round_index: int) -> list[str]:
     return order[k:] + order[:k]
 
 
+def run_rounds(script: str | Path, names: list[str], spec: dict[str, Any], workdir: Path, rounds: int, *,
+               every_round: tuple[str, ...] = (), at_end: tuple[str, ...] = (),
+               per_name: dict[str, dict[str, Any]] | None = None, **run: Any) -> dict[str, list[dict[str, Any]]]:
+    """Each round: the ``every_round`` children (a reference probe, say), then ``names`` in rotated order; the
+    ``at_end`` children once more after the last round. A failing child is recorded as ``{"error": ...}`` and the
+    others go on. ``per_name`` adds run_child arguments for one child (another python, env)."""
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def one(name: str, tag: str, index: int) -> None:
+        try:
+            result = run_child(script, name, spec, workdir, tag=tag, **run, **(per_name or {}).get(name, {}))
+        except RuntimeError as exc:
+            print(f"[bench] {exc}", flush=True)
+            result = {"error": str(exc)}
+        results.setdefault(name, []).append({**result, "round": index})
+
+    for index in range(rounds):
+        for name in [*every_round, *rotated(names, index)]:
+            one(name, f"_r{index + 1}", index + 1)
+    for name in at_end:
+        one(name, "_end", rounds + 1)
+    return results
+
+
 # --------------------------------------------------------------------------------------------- rounds and medians
 def median(values: list[float]) -> float | None:
     values = [v for v in values if isinstance(v, (int, float))]
@@ -346,6 +370,7 @@ class Target:
     goal: float
     higher_is_better: bool = True
     unit: str = "x"  # "x": a ratio; "%": a fraction printed as a percentage
+    signed: bool = False  # print a sign (an overhead, a difference)
 
     def fmt(self, value: float, signed: bool = False) -> str:
         if self.unit == "%":
@@ -360,7 +385,7 @@ class Target:
         if value is None:
             return f"{self.label}: not measured ({goal}){'; ' + note if note else ''}"
         verdict = "meets target" if self.met(value) else "MISSES target"
-        return f"{self.label}: {self.fmt(value, signed=self.unit == '%')}  ({goal}; {verdict}){'; ' + note if note else ''}"
+        return f"{self.label}: {self.fmt(value, signed=self.signed)}  ({goal}; {verdict}){'; ' + note if note else ''}"
 
 
 def fmt(value: Any, spec: str = "") -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import harness
 from harness import Target
+from step_clock import make_step_clock, summarize_marks, throughput
 
 SYSTEMS = ("caregpt", "trl", "llamafactory", "plain", "dense", "matmul")
 TRAINERS = ("caregpt", "plain", "trl", "llamafactory", "dense")
@@ -29,69 +31,11 @@ LABELS = {"caregpt": "caregpt (Ray Train, 1 worker)", "plain": "caregpt stage co
 TARGETS = {
     "vs_llamafactory": Target("caregpt / LLaMA-Factory useful tokens/s", 1.25),
     "utilisation": Target("caregpt useful-token FLOP/s / fp32 matmul FLOP/s", 0.60, unit="%"),
-    "ray_overhead": Target("Ray Train overhead (plain tok/s / Ray tok/s - 1)", 0.10, higher_is_better=False, unit="%"),
+    "ray_overhead": Target("Ray Train overhead (plain tok/s / Ray tok/s - 1)", 0.10, higher_is_better=False, unit="%", signed=True),
 }
 # measured on this machine before caregpt existed (from the issue); printed beside the figures
 REFERENCE = {"llamafactory": 484.0, "llamafactory_neat_packing": 350.0, "trl": 235.0, "trl_packing": 203.0}
 AGGREGATED = ("useful_tokens_per_s", "padded_tokens_per_s", "useful_ratio", "step_seconds_mean")
-
-
-# --------------------------------------------------------------------------------------------- step timing
-def make_step_clock():
-    """A TrainerCallback: (time, step, useful, padded tokens) at train begin and after every optimizer step.
-
-    Tokens are counted by a forward pre-hook on the model (public torch API), registered at train begin: it sees
-    exactly the tensors of every micro-batch the training loop feeds the model, whatever the collator and sampler
-    (useful = attention_mask.sum(), padded = input_ids.numel()). No system here evaluates during the timed run.
-    """
-    import torch
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.marks: list[tuple[float, int, int, int]] = []
-            self.info: dict[str, Any] = {}
-            self.useful = self.padded = 0
-
-        def _count(self, module, args, kwargs) -> None:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is None:
-                return
-            mask = kwargs.get("attention_mask")
-            self.padded += int(ids.numel())
-            self.useful += int(mask.sum()) if mask is not None and mask.dim() == 2 else int(ids.numel())
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            model.register_forward_pre_hook(self._count, with_kwargs=True)
-            self.info.update(gradient_checkpointing=bool(getattr(model, "is_gradient_checkpointing", False)),
-                             dtype=str(next(model.parameters()).dtype).replace("torch.", ""), torch_threads=torch.get_num_threads())
-            self.marks.append((time.perf_counter(), state.global_step, self.useful, self.padded))
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.marks.append((time.perf_counter(), state.global_step, self.useful, self.padded))
-
-    return StepClock()
-
-
-def summarize_marks(marks: list[tuple[float, int, int, int]], warmup: int, steps: int) -> dict[str, Any]:
-    """Throughput over steps warmup+1 .. warmup+steps from cumulative marks indexed by step."""
-    by_step = {step: (t, useful, padded) for t, step, useful, padded in marks}
-    missing = [s for s in range(warmup, warmup + steps + 1) if s not in by_step]
-    if missing:
-        raise RuntimeError(f"steps {missing} were not recorded (ran {max(by_step, default=0)} steps)")
-    span = range(warmup + 1, warmup + steps + 1)
-    return throughput([by_step[s][0] - by_step[s - 1][0] for s in span], [by_step[s][1] - by_step[s - 1][1] for s in span],
-                      [by_step[s][2] - by_step[s - 1][2] for s in span])
-
-
-def throughput(seconds: list[float], useful: list[int], padded: list[int] | None) -> dict[str, Any]:
-    total = sum(seconds)
-    out: dict[str, Any] = {"timed_steps": len(seconds), "timed_seconds": total, "useful_tokens_per_s": sum(useful) / total,
-                           "step_seconds_mean": total / len(seconds), "step_seconds_median": statistics.median(seconds),
-                           "step_useful_tokens": useful}
-    if padded:
-        out.update(padded_tokens=sum(padded), padded_tokens_per_s=sum(padded) / total, useful_ratio=sum(useful) / sum(padded))
-    return out
 
 
 # --------------------------------------------------------------------------------------------- children
@@ -296,7 +240,7 @@ CHILDREN = {"setup": child_setup, "matmul": child_matmul, "caregpt": child_careg
 # --------------------------------------------------------------------------------------------- report
 def report(results: dict[str, list[dict[str, Any]]], setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     params = setup["num_parameters"]
-    flops = [f for run in results.get("matmul", []) for f in run["flops"]]
+    flops = [f for run in results.get("matmul", []) if "error" not in run for f in run["flops"]]
     peak = statistics.median(flops) if flops else None
     # the Ray run logs no padded tokens: the plain run of the same round trained on the same batches
     for ray_run, plain_run in zip(results.get("caregpt", []), results.get("plain", [])):
@@ -368,10 +312,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(harness.SHARED_DATA / "sft_toyhom_im_department.jsonl"), help="alpaca SFT jsonl (default: %(default)s)")
     parser.add_argument("--pretrain-text", default=str(harness.SHARED_DATA / "pretrain_medicalgpt_fever.txt"),
                         help="extra tokenizer-training text, used when present (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps after warm-up (default 12)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
-    parser.add_argument("--records", type=int, default=2000, help="first N records of --data (default 2000)")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per optimizer step (default 8)")
+    for flag, default, text in (("--steps", 12, "timed optimizer steps after warm-up"), ("--warmup", 2, "untimed warm-up steps"),
+                                ("--records", 2000, "first N records of --data"), ("--batch-size", 8, "samples per optimizer step"),
+                                ("--matmul-size", 2048, "matmul side for the FLOP/s reference"), ("--matmul-reps", 20, "matmul repetitions")):
+        parser.add_argument(flag, type=int, default=default, help=f"{text} (default {default})")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     parser.add_argument("--rounds", type=int, default=1, help="run every system this many times, interleaved, order rotated (default 1)")
     parser.add_argument("--aggregate", choices=("best", "median"), default="best",
@@ -382,8 +326,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="logging_steps of the Ray run (each log is a ray.train.report); --warmup and --steps must be multiples")
     parser.add_argument("--lf-venv", default="/tmp/caregpt-bench-lf-venv", help="cached LLaMA-Factory venv (built on first use)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for every system (default: CPU count)")
-    parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--matmul-reps", type=int, default=20)
     parser.add_argument("--workdir", default=None, help="work dir, kept (default: a temp dir, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dir (model, logs, outputs)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per system run (default 1800)")
@@ -419,34 +361,21 @@ def main(argv: list[str] | None = None) -> int:
         run = dict(timeout=args.timeout, verbose=args.verbose)
         setup = harness.run_child(__file__, "setup", spec, workdir, **run)
         run.update(quiet_wait=args.quiet_wait, quiet_below=args.quiet_below)
-        lf, lf_error = {}, None
-        if "llamafactory" in args.only:
+        order, per_name, lf_error = [name for name in TRAINERS if name in args.only], {}, None
+        if "llamafactory" in order:
             from peers import setup_llamafactory
 
             try:
-                lf = {"python": setup_llamafactory.ensure_venv(Path(args.lf_venv).resolve(), workdir / "lf_venv_install.log"),
-                      "env": {**setup_llamafactory.run_env(), "HF_DATASETS_CACHE": str(workdir / "lf_hf_datasets")}}
-            except (RuntimeError, OSError, __import__("subprocess").CalledProcessError) as exc:
+                per_name["llamafactory"] = {"python": setup_llamafactory.ensure_venv(Path(args.lf_venv).resolve(), workdir / "lf_venv.log"),
+                                            "env": {**setup_llamafactory.run_env(), "HF_DATASETS_CACHE": str(workdir / "lf_datasets")}}
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
                 lf_error = f"LLaMA-Factory venv could not be built: {exc}"
                 print(f"[bench] {lf_error}", flush=True)
-        results: dict[str, list[dict[str, Any]]] = {}
-        order = [name for name in TRAINERS if name in args.only]
-        for index in range(args.rounds):
-            tag = f"_r{index + 1}"
-            if "matmul" in args.only:
-                results.setdefault("matmul", []).append(harness.run_child(__file__, "matmul", spec, workdir, tag=tag, **run))
-            for name in harness.rotated(order, index):
-                try:
-                    if name == "llamafactory" and lf_error:
-                        raise RuntimeError(lf_error)
-                    result = harness.run_child(__file__, name, spec, workdir, tag=tag, **run, **lf) if name == "llamafactory" \
-                        else harness.run_child(__file__, name, spec, workdir, tag=tag, **run)
-                except RuntimeError as exc:
-                    print(f"[bench] {exc}", flush=True)
-                    result = {"error": str(exc)}
-                results.setdefault(name, []).append({**result, "round": index + 1})
-        if "matmul" in args.only:
-            results["matmul"].append(harness.run_child(__file__, "matmul", spec, workdir, tag="_end", **run))
+                order.remove("llamafactory")
+        probes = ("matmul",) if "matmul" in args.only else ()
+        results = harness.run_rounds(__file__, order, spec, workdir, args.rounds, every_round=probes, at_end=probes, per_name=per_name, **run)
+        if lf_error:
+            results["llamafactory"] = [{"error": lf_error}]
         summary = report(results, setup, args)
         total = time.perf_counter() - started
         print(f"\n[bench] total {total:.0f}s; load average at start {load_start}, at end {harness.loadavg()} (1/5/15 min)", flush=True)

@@ -25,7 +25,7 @@ from harness import Target
 
 REGISTRY = harness.REPO / "examples" / "registries" / "shared_data.json"
 TARGETS = {
-    "relative_difference": Target("best eval_loss, (ASHA - grid) / grid", 0.02, higher_is_better=False, unit="%"),
+    "relative_difference": Target("best eval_loss, (ASHA - grid) / grid", 0.02, higher_is_better=False, unit="%", signed=True),
     "step_ratio": Target("total training steps, ASHA / grid", 0.50, higher_is_better=False, unit="%"),
 }
 
