@@ -11,7 +11,6 @@ fails that check is counted, its source location and reason kept for the report,
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 import shutil
@@ -38,33 +37,47 @@ class Converted:
 
 
 def _read_json_records(path: Path) -> Iterator[Raw]:
-    """A JSON array or JSON lines, whichever the file holds."""
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        for index, record in enumerate(json.loads(text), start=1):
-            yield f"{path.name}[{index}]", record
-        return
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path.name}:{line_no}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield f"{path.name}:{line_no}", ValueError(f"not valid JSON ({exc.msg})")
+    """A JSON array (loaded whole: arrays cannot be streamed) or JSON lines (streamed), whichever the file holds."""
+    with open(path, encoding="utf-8-sig") as handle:
+        head = handle.read(4096).lstrip()
+        handle.seek(0)
+        if head.startswith("\ufeff"):
+            head = head[1:]
+        if head.startswith("["):
+            for index, record in enumerate(json.load(handle), start=1):
+                yield f"{path.name}[{index}]", record
+            return
+        for line_no, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    yield f"{path.name}:{line_no}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"{path.name}:{line_no}", ValueError(f"not valid JSON ({exc.msg})")
+
+
+def _text_encoding(path: Path) -> str:
+    """UTF-8 if the whole file decodes as UTF-8, else GB18030 (Toyhom's files); read in 1 MB pieces."""
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            with open(path, encoding=encoding) as handle:
+                while handle.read(1 << 20):
+                    pass
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    raise ValueError(f"{path}: neither UTF-8 nor GB18030 text")
 
 
 def _read_csv(path: Path) -> Iterator[Raw]:
-    """CSV rows as dicts; UTF-8 first, then GB18030 (Toyhom's files are GB-encoded)."""
-    data = path.read_bytes()
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            text = data.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise ValueError(f"{path}: neither UTF-8 nor GB18030 text")
-    for line_no, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
-        yield f"{path.name}:{line_no}", row
+    """CSV rows as dicts, streamed; the location is the row's first line in the file."""
+    with open(path, encoding=_text_encoding(path), newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:  # reads the header line
+            return
+        line_no = reader.line_num + 1
+        for row in reader:
+            yield f"{path.name}:{line_no}", row
+            line_no = reader.line_num + 1
 
 
 def _need(record: Any, *keys: str) -> list[Any]:
