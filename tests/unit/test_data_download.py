@@ -229,6 +229,7 @@ def test_builtin_registry_lists_every_dataset_with_its_licence(capsys):
     out = capsys.readouterr().out
     assert "toyhom_im" in out and "MIT" in out and "Apache-2.0" in out and "not pinned" in out
     assert main(["toyhom_imm"]) == 2 and "did you mean 'toyhom_im'" in capsys.readouterr().err
+    assert main(["toyhom_im", "--sha256", "xyz"]) == 2 and "64 hex digits" in capsys.readouterr().err
 
 
 def test_exam_and_preference_converters_produce_what_eval_and_training_read(tmp_path):
@@ -266,3 +267,12 @@ class _Sink:
 
     def flush(self):
         pass
+
+
+def test_the_caregpt_cli_dispatches_data_download(capsys):
+    from caregpt.cli import main as caregpt_main
+
+    assert caregpt_main(["data", "download", "--list"]) == 0
+    assert "cmb_exam_val" in capsys.readouterr().out
+    caregpt_main(["data"])
+    assert "download" in capsys.readouterr().out

@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         hints = [f"{n!r}" + (f" (did you mean {nearest_key(n, list(registry))!r}?)" if nearest_key(n, list(registry)) else "") for n in unknown]
         print(f"error: unknown dataset(s) {', '.join(hints)}; see `caregpt data download --list`", file=sys.stderr)
         return 2
+    if args.sha256 and not (len(args.sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in args.sha256)):
+        print(f"error: --sha256 must be 64 hex digits, got {args.sha256!r}", file=sys.stderr)
+        return 2
     if args.sha256 and (len(args.names) != 1 or len(registry[args.names[0]]["files"]) != 1):
         print("error: --sha256 pins one file: give exactly one NAME whose entry has a single file", file=sys.stderr)
         return 2
