@@ -119,6 +119,11 @@ def medicalgpt_reward(record: Any) -> dict[str, Any]:
     return {"instruction": question, "input": "", "output": [chosen, rejected]}
 
 
+def query_response(record: Any) -> dict[str, Any]:
+    query, response = _need(record, "query", "response")
+    return {"instruction": query, "input": "", "output": response, "history": []}
+
+
 def huatuo_med_dialog(record: Any) -> dict[str, Any]:
     case, diagnosis = _need(record, "medical_case", "doctor_diagnosis")
     return {"id": record.get("id"), "instruction": case, "input": "", "output": diagnosis, "history": [],
@@ -232,6 +237,7 @@ CONVERTERS: dict[str, tuple[Callable[[Path], Iterator[Raw]], Callable[[Any], dic
     "jsonl_text": (_read_json_records, text),
     "jsonl_alpaca": (_read_json_records, alpaca),
     "medicalgpt_reward": (_read_json_records, medicalgpt_reward),
+    "query_response": (_read_json_records, query_response),
     "huatuo_med_dialog": (_read_json_records, huatuo_med_dialog),
     "huatuo_kuake_qic": (_read_json_records, huatuo_kuake_qic),
     "huatuo_sft_v1": (_read_json_records, huatuo_sft_v1),
