@@ -276,3 +276,34 @@ def test_the_caregpt_cli_dispatches_data_download(capsys):
     assert "cmb_exam_val" in capsys.readouterr().out
     caregpt_main(["data"])
     assert "download" in capsys.readouterr().out
+
+
+# one record in each source layout (the layouts the sources publish; texts written for this test)
+SOURCE_RECORDS = {
+    "cmtmedqa_json": ("sft", {"id": "j1", "cate1": "内科", "cate2": "心血管内科", "instruction": "那我需要复查吗？", "input": "",
+                              "output": "建议一个月后复查心电图。", "history": [["我最近心慌。", "心慌持续多久了？"]]}),
+    "jsonl_alpaca": ("sft", {"instruction": "发烧怎么办", "input": "三十八度五", "output": "多喝水，必要时服退烧药，持续不退请就医。"}),
+    "query_response": ("sft", {"query": "孩子咳嗽一周了", "response": "建议带孩子到儿科就诊，听诊肺部。"}),
+    "huatuo_med_dialog": ("sft", {"id": 1, "medical_case": "疾病：\n湿疹\n病情描述：\n手上起小泡。", "doctor_diagnosis": "汗疱疹，外用药膏。",
+                                  "Department": "皮肤科"}),
+    "huatuo_sft_v1": ("sft", {"data": ["问：头痛怎么办？", "答：先休息，持续请就医。", "问：要吃药吗？", "答：可以短期服用止痛药。"]}),
+    "cmb_clin_json": ("sft", {"id": 1, "title": "病例", "description": "男，50岁，胸痛2小时。",
+                              "QA_pairs": [{"question": "初步诊断？", "solution": "急性冠脉综合征可能。"},
+                                           {"question": "下一步？", "solution": "立即心电图和肌钙蛋白。"}]}),
+    "jsonl_text": ("text", {"text": "发热是指体温升高超过正常范围。"}),
+    "huatuo_kuake_qic": ("prompts", {"id": "s1", "label": "治疗方案", "query": "糖尿病的治疗"}),
+}
+
+
+@pytest.mark.parametrize("converter", sorted(SOURCE_RECORDS))
+def test_each_converter_produces_records_the_platform_accepts(tmp_path, converter):
+    kind, record = SOURCE_RECORDS[converter]
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps(record, ensure_ascii=False) + "\n" + json.dumps({"unrelated": 1}) + "\n", encoding="utf-8")
+    result = convert("demo", converter, kind, [source], tmp_path)
+    assert (result.written, result.invalid) == (1, 1) and result.examples[0].startswith("source.json:2: ")
+    if result.entry is not None:  # training data: read back through the written entry, as training does
+        (tmp_path / "dataset_info.json").write_text(json.dumps({"demo": result.entry}), encoding="utf-8")
+        (attr,) = resolve_datasets(["demo"], tmp_path)
+        converted = json.loads(result.path.read_text(encoding="utf-8"))
+        assert normalize(converted, "x:1", attr, kind if kind == "text" else "sft").error == ""
