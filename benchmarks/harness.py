@@ -226,14 +226,14 @@ def process_kind(proc, root_pid: int, root_cmdline: list[str]) -> str:
         return "driver"
     if name in ("raylet", "gcs_server"):
         return name
-    if cmd.startswith("ray::"):  # Ray workers retitle themselves (ray::IDLE, ray::RayTrainWorker, ray::MapWorker(...))
-        return cmd.split()[0].split("(")[0]
-    if cmdline == root_cmdline:
-        return "forked children"  # e.g. datasets' map processes
+    if cmd.startswith("ray::"):  # Ray workers retitle themselves (ray::IDLE, ray::MapWorker(...), ray::_StatsActor.method)
+        return cmd.split()[0].split("(")[0].split(".")[0]
     if "default_worker.py" in cmd:
         return "ray::IDLE"
     if "/ray/" in cmd:
         return "ray agents"
+    if cmdline == root_cmdline or name.startswith("python"):
+        return "child processes"  # e.g. datasets' map processes
     return (name or cmd)[:40]
 
 
