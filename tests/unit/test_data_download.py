@@ -212,6 +212,15 @@ def test_unpinned_hash_is_printed_for_the_user_to_pin(tmp_path, served, capsys):
     assert f"--sha256 {hashlib.sha256(body).hexdigest()}" in out
 
 
+def test_registry_names_and_urls_cannot_escape_the_data_dir(tmp_path, capsys):
+    for name, url in (("../evil", "http://127.0.0.1:1/a.csv"), ("ok", "http://127.0.0.1:1/a/..")):
+        registry = tmp_path / "reg.yaml"
+        registry.write_text(json.dumps({name: {"kind": "sft", "licence": "x", "convert": "toyhom_csv", "files": [{"url": url}]}}))
+        assert main([name, "--dir", str(tmp_path / "d"), "--registry", str(registry)]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_missing_file_is_a_clear_http_error(tmp_path, served, capsys):
     server, _ = served
     registry = write_registry(tmp_path / "reg.yaml", server.url("/nope.csv"), None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.parse
 from datetime import datetime, timezone
@@ -40,8 +41,16 @@ USAGE_HINT = {
 }
 
 
+SAFE_NAME = re.compile(r"^[^\W.][\w.-]*$")  # \w is Unicode: 内科.csv is fine, '..' and 'a/b' are not
+
+
 class RegistryError(ValueError):
     pass
+
+
+def file_name(url: str) -> str:
+    """The file name a URL's path ends in (percent-decoded)."""
+    return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
 
 
 def load_registry(path: str | None) -> dict[str, dict[str, Any]]:
@@ -56,6 +65,8 @@ def load_registry(path: str | None) -> dict[str, dict[str, Any]]:
         raise RegistryError(f"{source}: expected a mapping of dataset names to entries")
     for name, entry in registry.items():
         where = f"{source}: dataset {name!r}"
+        if not (isinstance(name, str) and SAFE_NAME.match(name)):
+            raise RegistryError(f"{where}: names are letters, digits, '_', '-' and '.', not starting with '.' (they become file names)")
         if not isinstance(entry, dict):
             raise RegistryError(f"{where}: must be a mapping")
         for key in ("kind", "licence", "convert", "files"):
@@ -70,6 +81,8 @@ def load_registry(path: str | None) -> dict[str, dict[str, Any]]:
         for index, item in enumerate(entry["files"], start=1):
             if not isinstance(item, dict) or not str(item.get("url", "")).startswith(("http://", "https://")):
                 raise RegistryError(f"{where}: file {index} needs an http(s) url")
+            if not SAFE_NAME.match(file_name(item["url"])):
+                raise RegistryError(f"{where}: file {index}: the url must end in a file name, got {item['url']!r}")
             sha = item.get("sha256")
             if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdefABCDEF" for c in sha)):
                 raise RegistryError(f"{where}: file {index}: sha256 must be 64 hex digits or null, got {sha!r}")
@@ -110,7 +123,7 @@ def download_one(name: str, entry: dict[str, Any], directory: Path, args: argpar
     fetched = []
     for index, item in enumerate(entry["files"]):
         url = item["url"]
-        dest = raw_dir / Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+        dest = raw_dir / file_name(url)
         pinned = args.sha256 if (args.sha256 and len(entry["files"]) == 1) else item.get("sha256")
         if dest.is_file() and not args.force:
             print(f"   {dest} already downloaded (--force to fetch again); verifying")
