@@ -101,3 +101,20 @@ def test_print_table(capsys):
 def test_missing_data_stops_with_a_message(tmp_path):
     with pytest.raises(SystemExit, match="benchmark data not found: .*nope.jsonl"):
         harness.require_files(tmp_path / "nope.jsonl")
+
+
+BENCHMARKS = ("train_throughput.py", "data_pipeline.py", "tune_asha.py")
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_each_benchmark_explains_itself_and_stops_cleanly_without_data(script, tmp_path):
+    import os
+    import subprocess
+
+    path = Path(harness.__file__).parent / script
+    env = {**os.environ, "CAREGPT_SHARED_DATA": str(tmp_path / "no-shared-data")}
+    shown = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0 and "--quick" in shown.stdout
+    missing = subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True, env=env, timeout=120)
+    assert missing.returncode == 1
+    assert "benchmark data not found" in missing.stderr and "no-shared-data" in missing.stderr
