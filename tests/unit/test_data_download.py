@@ -221,6 +221,14 @@ def test_registry_names_and_urls_cannot_escape_the_data_dir(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_file_in_another_layout_registers_nothing(tmp_path, capsys):
+    with FileServer({"/other.csv": "a,b\n1,2\n".encode()}) as server:
+        registry = write_registry(tmp_path / "reg.yaml", server.url("/other.csv"), None)
+        assert main(["toyhom_demo", "--dir", str(tmp_path / "d"), "--registry", str(registry)]) == 1
+    assert "no record could be converted" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "dataset_info.json").exists()
+
+
 def test_missing_file_is_a_clear_http_error(tmp_path, served, capsys):
     server, _ = served
     registry = write_registry(tmp_path / "reg.yaml", server.url("/nope.csv"), None)

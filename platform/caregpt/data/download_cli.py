@@ -121,7 +121,7 @@ def download_one(name: str, entry: dict[str, Any], directory: Path, args: argpar
     print(f"== {name}: {entry.get('description', '')} (licence: {entry['licence']})")
     raw_dir = directory / "raw" / name
     fetched = []
-    for index, item in enumerate(entry["files"]):
+    for item in entry["files"]:
         url = item["url"]
         dest = raw_dir / file_name(url)
         pinned = args.sha256 if (args.sha256 and len(entry["files"]) == 1) else item.get("sha256")
@@ -156,6 +156,10 @@ def download_one(name: str, entry: dict[str, Any], directory: Path, args: argpar
     print(f"   converted: {result.written:,} records -> {result.path}" + (f"; {result.invalid:,} invalid, left out" if result.invalid else ""))
     for example in result.examples:
         print(f"     invalid: {example}")
+    if result.written == 0:
+        print(f"error: {name}: no record could be converted (is this the layout the registry's converter "
+              f"{entry['convert']!r} expects?); nothing was registered", file=sys.stderr)
+        return False
     if result.entry is not None:
         result.entry["file_sha1"] = sha1_of(result.path)
         print(f"   registered {name!r} in {merge_dataset_info(directory, name, result.entry)}")

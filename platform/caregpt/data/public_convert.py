@@ -247,7 +247,7 @@ CONVERTERS: dict[str, tuple[Callable[[Path], Iterator[Raw]], Callable[[Any], dic
 def convert(name: str, converter: str, kind: str, files: list[Path], out_dir: Path, max_examples: int = 5) -> Converted:
     """Convert the downloaded ``files`` of dataset ``name`` into ``out_dir``."""
     if converter == "copy":  # material for other tools (a knowledge base): kept as published
-        target = out_dir / files[0].name
+        target = out_dir / f"{name}{files[0].suffix}"
         shutil.copyfile(files[0], target)
         return Converted(target, kind, written=1)
     if converter not in CONVERTERS:
