@@ -23,8 +23,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "CAREGPT_PROGRESS": "0", "CAREGPT_DASHBOARD": "0"}
 
 
-def _pipeline(tmp_path: Path, shared_data: Path, steps: list[dict] | None = None) -> Path:
-    corpus = [str(shared_data / "pretrain_medicalgpt_fever.txt"), str(SAMPLE_DATA / "medical_sft.jsonl")]
+def _pipeline(tmp_path: Path, test_data: Path, steps: list[dict] | None = None) -> Path:
+    corpus = [str(test_data / "pretrain_medicalgpt_fever.txt"), str(SAMPLE_DATA / "medical_sft.jsonl")]
     spec = {
         "name": "mini",
         "run_dir": str(tmp_path / "run"),
@@ -53,8 +53,8 @@ def _checkpoints(storage: Path) -> int:
     return 0
 
 
-def test_killed_mid_sft_resumes_at_sft(shared_data, tmp_path):
-    path = _pipeline(tmp_path, shared_data)
+def test_killed_mid_sft_resumes_at_sft(test_data, tmp_path):
+    path = _pipeline(tmp_path, test_data)
     run = tmp_path / "run"
     driver = subprocess.Popen([CAREGPT, "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=_env(), start_new_session=True)
@@ -97,10 +97,10 @@ def test_killed_mid_sft_resumes_at_sft(shared_data, tmp_path):
     ([{"name": "m", "uses": "new-model"}, {"name": "s", "uses": "sft", "from": "m", "with": {"lora_rnak": 8}}],
      r"step 2 \('s', uses sft\): unknown config key 'lora_rnak'.*did you mean 'lora_rank'"),
 ])
-def test_bad_pipelines_fail_before_anything_runs(shared_data, tmp_path, steps, message):
+def test_bad_pipelines_fail_before_anything_runs(test_data, tmp_path, steps, message):
     import re
 
-    path = _pipeline(tmp_path, shared_data, steps)
+    path = _pipeline(tmp_path, test_data, steps)
     done = subprocess.run([CAREGPT, "run", str(path)], capture_output=True, text=True, timeout=120, env=_env())
     assert done.returncode == 2, done.stderr[-2000:]
     assert re.search(message, done.stderr), done.stderr[-2000:]
