@@ -27,10 +27,9 @@ EXPECTED_PARAMS = {"tiny": (0.5e6, 3e6), "small": (10e6, 20e6), "bench34m": (32e
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """One tiny model built on the fever text + the Toyhom SFT records (about 5 s)."""
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    return build_tiny_model("tiny", [FEVER, TOYHOM], out, seed=0)
+def tiny_dir(tiny_model) -> Path:
+    """The session's tiny model (conftest): built by build_tiny_model on the fever text + the Toyhom records."""
+    return Path(tiny_model)
 
 
 @pytest.fixture(scope="module")
