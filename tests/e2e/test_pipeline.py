@@ -71,6 +71,12 @@ def test_killed_mid_sft_resumes_at_sft(test_data, tmp_path):
     again = subprocess.run([CAREGPT, "run", str(path)], capture_output=True, text=True, timeout=900, env=_env())
     assert again.returncode == 0, again.stderr[-3000:]
     assert "model (new-model): finished earlier, skipped" in again.stdout
+    # the terminal gets the pipeline's own lines; Ray's logs go to the file named at the end
+    for noise in ("TrainingReport", "logging_progress", "core_worker.cc", "Started a local Ray instance"):
+        assert noise not in again.stdout + again.stderr, noise
+    log_file = Path(again.stdout.rsplit("Ray and library logs of this run: ", 1)[1].split()[0])
+    assert log_file.parent == run / "logs" and "Reporting training result" in log_file.read_text(errors="replace")
+    assert len(again.stdout.splitlines()) <= 40, again.stdout
     assert (run / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime  # not rebuilt
     sft = json.loads((run / "sft" / "all_results.json").read_text())
     assert sft["step"] == 14 and sft["resumed_from_step"] >= 3  # continued from the killed run's checkpoint
