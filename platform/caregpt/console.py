@@ -6,7 +6,8 @@ warnings, transformers' and DeepSpeed's notices, tqdm bars. `quiet_internals(pat
 in one file, and leaves the terminal to what caregpt prints:
 
 - the terminal's stdout is kept as Python's `sys.stdout`, so `print()` (ours, and the progress lines the
-  training workers write to their stdout, which Ray forwards there) still reaches it;
+  training workers write to their stdout, which Ray forwards there) still reaches it, while a logging
+  handler some library bound to sys.stdout writes to the log;
 - file descriptors 1 and 2 point at the log file, so whatever writes to them directly (Ray's C++ logs,
   child processes) lands there;
 - Python's `sys.stderr` is the log file: logging's default handlers, Ray's own log handlers (they write to
@@ -19,6 +20,7 @@ descriptors. Nothing here logs or prints patient text.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -26,6 +28,37 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+
+class _Terminal(io.TextIOBase):
+    """Python's sys.stdout while quiet: print() reaches the terminal, a logging handler bound to stdout does not.
+
+    Some libraries give their logger a StreamHandler on sys.stdout (DeepSpeed does, when it is first
+    imported, long after this redirection). Their records are internals like any other: a write coming
+    from the logging module goes to the log file instead.
+    """
+
+    def __init__(self, terminal: IO[str], log: IO[str]):
+        self.terminal, self.log = terminal, log
+
+    def write(self, text: str) -> int:
+        caller = sys._getframe(1).f_code.co_filename
+        target = self.log if caller == logging.__file__ else self.terminal
+        return target.write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.terminal.encoding
 
 
 def verbose_requested() -> bool:
@@ -77,7 +110,7 @@ def quiet_internals(path: str | Path) -> InternalsLog:
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     streams = (sys.stdout, sys.stderr)
-    sys.stdout, sys.stderr = console_out, log
+    sys.stdout, sys.stderr = _Terminal(console_out, log), log
     # libraries' switches for their own chatter; they only affect what would have gone to the log anyway
     os.environ.setdefault("CAREGPT_PROGRESS", "0")  # Ray Data logs its progress when stdout is not a terminal
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -18,6 +18,10 @@ warnings.warn("a library warning")
 logging.getLogger("ray.data").info("ray info")
 logging.getLogger("caregpt.x").info("caregpt info")
 logging.getLogger("caregpt.x").warning("caregpt warning")
+chatty = logging.getLogger("chatty.library")     # a library that logs to stdout, set up after the redirect
+chatty.addHandler(logging.StreamHandler(sys.stdout))
+chatty.propagate = False
+chatty.warning("library warning on stdout")
 subprocess.run([sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"])
 log.restore()
 print("after restore")
@@ -33,6 +37,6 @@ def test_terminal_gets_our_lines_and_the_log_gets_the_rest(tmp_path):
     assert done.stderr.splitlines() == ["WARNING caregpt.x: caregpt warning", "stderr after restore"]
     text = path.read_text()
     for line in ("library stderr", "c-level stdout", "c-level stderr", "a library warning", "ray info",
-                 "caregpt info", "caregpt warning", "child out", "child err"):
+                 "caregpt info", "caregpt warning", "child out", "child err", "library warning on stdout"):
         assert line in text, line
     assert "ours: progress line" not in text and "after restore" not in text
