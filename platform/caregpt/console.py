@@ -65,6 +65,24 @@ def verbose_requested() -> bool:
     return os.environ.get("CAREGPT_VERBOSE", "0") == "1"
 
 
+_active: InternalsLog | None = None
+
+
+def is_quiet() -> bool:
+    """Whether this process sends the internals to a log file (ensure_ray then quiets its workers too)."""
+    return _active is not None
+
+
+def quiet_worker() -> None:
+    """Ray's worker_process_setup_hook while quiet: a library's logging handler bound to the worker's stdout
+    (DeepSpeed's accelerator notice) writes to its stderr instead, which Ray forwards into the log file;
+    what the worker prints (the training progress lines) still reaches the terminal."""
+    try:
+        sys.stdout = _Terminal(sys.stdout, sys.stderr)
+    except Exception:  # noqa: BLE001 -- never stop a worker over its console
+        pass
+
+
 @dataclass
 class InternalsLog:
     """An active redirection; `restore()` puts the terminal back (the log file stays)."""
@@ -88,6 +106,8 @@ class InternalsLog:
         os.close(self._saved_fds[1])
         sys.stdout, sys.stderr = self._saved_streams
         self._saved_fds = (-1, -1)
+        global _active
+        _active = None
 
 
 def default_log_path(workdir: str | Path | None = None) -> Path:
@@ -122,4 +142,6 @@ def quiet_internals(path: str | Path) -> InternalsLog:
     for existing in logging.getLogger().handlers:  # a handler made earlier still holds the old stderr
         if isinstance(existing, logging.StreamHandler) and existing.stream in streams:
             existing.setStream(log)
-    return InternalsLog(path, console_out, (saved_out, saved_err), streams, [(handler, ours)])
+    global _active
+    _active = InternalsLog(path, console_out, (saved_out, saved_err), streams, [(handler, ours)])
+    return _active

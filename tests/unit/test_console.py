@@ -40,3 +40,14 @@ def test_terminal_gets_our_lines_and_the_log_gets_the_rest(tmp_path):
                  "caregpt info", "caregpt warning", "child out", "child err", "library warning on stdout"):
         assert line in text, line
     assert "ours: progress line" not in text and "after restore" not in text
+
+
+def test_worker_hook_sends_library_logging_on_stdout_to_stderr():
+    """What Ray runs in each worker while quiet: print() stays on stdout (forwarded to the terminal), a library
+    logger bound to stdout moves to stderr (forwarded into the log file)."""
+    script = ("import logging, sys\nfrom caregpt.console import quiet_worker\nquiet_worker()\n"
+              "chatty = logging.getLogger('chatty'); chatty.addHandler(logging.StreamHandler(sys.stdout))\n"
+              "chatty.warning('accelerator notice')\nprint('[caregpt] step 5/10')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[caregpt] step 5/10"] and done.stderr.splitlines() == ["accelerator notice"]
