@@ -130,10 +130,11 @@ class RayReportCallback(TrainerCallback):
             self.last_report = time.perf_counter()
 
     def _worth_a_line(self, step: int, total: int, metrics: dict[str, Any]) -> bool:
-        """Every logging step when verbose or when the total is unknown; else evals, the last step and each new fifth."""
-        if self.every_log or not total or any(k.startswith("eval_") for k in metrics) or step >= total:
+        """Every logging step when verbose or when the total is unknown; else evals, the last step (once; the
+        end-of-training summary logs at that step again) and each new fifth."""
+        if self.every_log or not total or any(k.startswith("eval_") for k in metrics):
             return True
-        part = PROGRESS_PARTS * step // total
+        part = PROGRESS_PARTS if step >= total else PROGRESS_PARTS * step // total
         if part > self.shown_part:
             self.shown_part = part
             return True
