@@ -7,7 +7,7 @@ in one file, and leaves the terminal to what caregpt prints:
 
 - the terminal's stdout is kept as Python's `sys.stdout`, so `print()` (ours, and the progress lines the
   training workers write to their stdout, which Ray forwards there) still reaches it, while a logging
-  handler some library bound to sys.stdout writes to the log;
+  handler some library bound to sys.stdout, and the rest of what Ray forwards, write to the log;
 - file descriptors 1 and 2 point at the log file, so whatever writes to them directly (Ray's C++ logs,
   child processes) lands there;
 - Python's `sys.stderr` is the log file: logging's default handlers, Ray's own log handlers (they write to
@@ -30,20 +30,39 @@ from pathlib import Path
 from typing import IO
 
 
-class _Terminal(io.TextIOBase):
-    """Python's sys.stdout while quiet: print() reaches the terminal, a logging handler bound to stdout does not.
+# Ray prints what its workers write from this module of the driver (print_worker_logs)
+_RAY_FORWARDER = os.path.join("ray", "_private", "worker.py")
+PROGRESS_MARK = "[caregpt] "  # what the training workers put before a progress line
 
-    Some libraries give their logger a StreamHandler on sys.stdout (DeepSpeed does, when it is first
-    imported, long after this redirection). Their records are internals like any other: a write coming
-    from the logging module goes to the log file instead.
+
+class _Terminal(io.TextIOBase):
+    """Python's sys.stdout while quiet: print() reaches the terminal, internals that write to stdout do not.
+
+    - a logging handler some library bound to sys.stdout (DeepSpeed's, made when it is first imported, long
+      after the redirection) writes to the log file;
+    - of what Ray forwards from its workers and raylets, only caregpt's progress lines reach the terminal:
+      the rest (library notices, raylet warnings) is internals like any other.
+    print() writes a line and then its newline separately: the newline goes where its line went.
     """
 
     def __init__(self, terminal: IO[str], log: IO[str]):
         self.terminal, self.log = terminal, log
+        self._last = terminal
 
     def write(self, text: str) -> int:
-        caller = sys._getframe(1).f_code.co_filename
-        target = self.log if caller == logging.__file__ else self.terminal
+        # the few frames above: Ray's print_worker_logs calls print(), which Ray's tqdm support may wrap
+        callers = []
+        frame = sys._getframe(1)
+        while frame is not None and len(callers) < 4:
+            callers.append(frame.f_code.co_filename)
+            frame = frame.f_back
+        if callers[0] == logging.__file__:
+            target = self.log
+        elif any(name.endswith(_RAY_FORWARDER) for name in callers):
+            target = self._last if text == "\n" else (self.terminal if PROGRESS_MARK in text else self.log)
+        else:
+            target = self.terminal
+        self._last = target
         return target.write(text)
 
     def flush(self) -> None:
@@ -69,18 +88,8 @@ _active: InternalsLog | None = None
 
 
 def is_quiet() -> bool:
-    """Whether this process sends the internals to a log file (ensure_ray then quiets its workers too)."""
+    """Whether this process sends the internals to a log file."""
     return _active is not None
-
-
-def quiet_worker() -> None:
-    """Ray's worker_process_setup_hook while quiet: a library's logging handler bound to the worker's stdout
-    (DeepSpeed's accelerator notice) writes to its stderr instead, which Ray forwards into the log file;
-    what the worker prints (the training progress lines) still reaches the terminal."""
-    try:
-        sys.stdout = _Terminal(sys.stdout, sys.stderr)
-    except Exception:  # noqa: BLE001 -- never stop a worker over its console
-        pass
 
 
 @dataclass

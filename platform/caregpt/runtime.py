@@ -21,12 +21,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    from caregpt.console import is_quiet
-
     target = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(log_to_driver=True, configure_logging=False)
-    if is_quiet() and not target:  # the terminal shows our lines only: the workers' libraries log to the file too
-        kwargs["runtime_env"] = {"worker_process_setup_hook": "caregpt.console.quiet_worker"}
     if target:
         logger.info("joining the Ray cluster at %s", target)
         ray.init(address=target, **kwargs)
