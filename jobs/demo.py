@@ -55,7 +55,8 @@ def _prepare(work: Path, guides: Path):
     spec.defaults["dataset_dir"] = str(SAMPLE_DATA_DIR)
     deploy = next(step for step in spec.steps if step.uses == "deploy")
     # the served API keeps running for the last screen, with the medical layer switched on
-    deploy.with_.update(keep_running=True, knowledge_bases={KB_NAME: str(kb_dir)}, triage_guides=str(guides))
+    # (two passages: the tiny model's context is 1,024 tokens)
+    deploy.with_.update(keep_running=True, knowledge_bases={KB_NAME: str(kb_dir)}, rag_top_k=2, triage_guides=str(guides))
     return spec, deploy.name
 
 
