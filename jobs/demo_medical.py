@@ -15,13 +15,14 @@ from pathlib import Path
 EMERGENCY = "我爸突然胸口剧痛，喘不上气，满头大汗，怎么办？"
 SYMPTOMS = "最近总是拉肚子，肚子疼，吃完油腻的东西更明显"
 KB_QUESTION = "孩子咳嗽发烧，呼吸急促，应该挂哪个科？"
-WIDTH = 96
+WIDTH = 96  # terminal columns
+CJK_WIDTH = 44  # Chinese characters per line: each takes two columns
 
 
-def _short(text: str, width: int = WIDTH, indent: str = "     ") -> str:
+def _short(text: str, width: int = CJK_WIDTH, indent: str = "     ") -> str:
     """At most two lines of the text, single-spaced."""
     flat = " ".join(text.split())
-    lines = textwrap.wrap(flat, width=width - len(indent), max_lines=2, placeholder=" …")
+    lines = textwrap.wrap(flat, width=width, max_lines=2, placeholder=" …")
     return "\n".join(indent + line for line in lines) if lines else indent + "(empty)"
 
 
@@ -58,7 +59,8 @@ def show_medical_layer(base_url: str, model: str, kb_name: str, guides: Path) ->
         departments = json.load(response)["departments"]
     for rank, item in enumerate(departments, start=1):
         reason = (item.get("reasons") or [""])[0]
-        print(f"     {rank}. {item['department']}: " + textwrap.shorten(reason, width=WIDTH - 16 - len(item["department"]), placeholder=" …"))
+        room = CJK_WIDTH - 4 - len(item["department"])  # Chinese text has no spaces to shorten at: cut it
+        print(f"     {rank}. {item['department']}: " + (reason if len(reason) <= room else reason[: room - 1] + "…"))
 
     print(f"3. Knowledge base '{kb_name}': an answer with citations\n   Q: {KB_QUESTION}")
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": KB_QUESTION}],
