@@ -24,7 +24,7 @@ def eval_data(test_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval_data")
     lines = (test_data / TOYHOM).read_text(encoding="utf-8").splitlines()[:10]
     lines.append(json.dumps({"instruction": "头痛怎么办", "input": "", "history": [], "id": "no-answer"}, ensure_ascii=False))
-    lines += (test_data / MULTITURN).read_text(encoding="utf-8").splitlines()[:3]
+    lines += [line for line in (test_data / MULTITURN).read_text(encoding="utf-8").splitlines() if json.loads(line)["history"]][:3]
     (root / "eval.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     columns = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
     (root / "dataset_info.json").write_text(json.dumps({"medeval": {"file_name": "eval.jsonl", "columns": columns}}))
