@@ -70,7 +70,11 @@ def test_seed_dpo_command_after_sft(ray_local, tiny_model, test_data, tmp_path):
     done = subprocess.run([str(Path(sys.executable).parent / "caregpt"), "train", *argv], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     log = [e for e in _log(tmp_path / "dpo") if "rewards_margin" in e]
-    assert log[-1]["rewards_margin"] > log[0]["rewards_margin"] + 0.1, log
+    # batches differ a lot (our sample pairs are easy, MedicalGPT's are hard: logged margins swing 0.03 <-> 1.0),
+    # so one logged step says little: the later half of the run must separate the pairs clearly better
+    margins = [e["rewards_margin"] for e in log]
+    half = len(margins) // 2
+    assert sum(margins[half:]) / (len(margins) - half) > sum(margins[:half]) / half + 0.1, margins
     assert log[0]["loss"] < 0.8  # a mean per pair (about log 2 at the start), not a sum over accumulation steps
     results = json.loads((tmp_path / "dpo" / "all_results.json").read_text())
     assert results["train_pairs_rewards_accuracy"] > 0.6
