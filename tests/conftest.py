@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # so a bare clone runs the suite; the larger data in ../shared/data is for benchmarks and examples only.
 TEST_DATA = REPO / "tests" / "data"
 TEST_REGISTRY = TEST_DATA / "dataset_info.json"
+FULL_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DATA = REPO / "platform" / "caregpt" / "resources" / "sample_data"
 
 os.environ.setdefault("CAREGPT_PROGRESS", "0")
@@ -26,6 +27,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def test_data() -> Path:
     """tests/data: the trimmed public samples (Toyhom, CMtMedQA, MedicalGPT, hospital guides) and our own exam."""
     return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def full_data() -> Path:
+    """../shared/data, for the few quality evaluations whose frozen test split needs a whole public file (too large
+    to commit); skipped, with the reason, in a clone without it."""
+    if not FULL_DATA.is_dir():
+        pytest.skip(f"needs the full public data beside the repository ({FULL_DATA}); tests/data holds only samples")
+    return FULL_DATA
 
 
 @pytest.fixture(scope="session")
