@@ -125,16 +125,53 @@ def cmd_train(argv: list[str]) -> int:
             "Train a stage (pt, sft, rm, dpo, ppo) on Ray Train: tokenize with Ray Data, run N workers (DDP or DeepSpeed), "
             "checkpoint to storage_path, resume when run again, write the adapter/model, trainer_log.jsonl, "
             "all_results.json and (with --plot_loss) training_loss.png into output_dir.\n"
-            "Every train_bash.py command of CareGPT works with `caregpt train` in its place.",
-            ("model", "data", "finetune", "train", "ray"),
+            "Every train_bash.py command of CareGPT works with `caregpt train` in its place: --do_predict "
+            "--predict_with_generate writes generated_predictions.jsonl + predict_results.json, --do_eval "
+            "--predict_with_generate writes BLEU-4 / ROUGE to eval_results.json (both on Ray Data model actors, training nothing).",
+            ("model", "data", "finetune", "train", "generation", "ray"),
         ))
         return 0
     from caregpt.config.loader import load_from_argv
+
+    return run_train_verb(load_from_argv(argv))
+
+
+def run_train_verb(config) -> int:
+    """`caregpt train` as a typed function: train, or (do_train unset/false) predict or evaluate."""
+    t = config.train
+    if not t.trains:
+        return _predict_or_evaluate(config)
+    if t.do_predict:
+        raise ConfigError("do_train together with do_predict: train first, then predict with the trained adapter "
+                          "(`caregpt train --do_predict --checkpoint_dir OUTPUT_DIR --output_dir PREDICT_DIR ...`)")
     from caregpt.train.launch import run_training
 
-    outcome = run_training(load_from_argv(argv))
-    shown = {k: outcome.metrics[k] for k in ("step", "train_loss", "eval_loss", "tokens_seen", "records_used", "records_rejected") if k in outcome.metrics}
+    outcome = run_training(config)
+    shown = {k: outcome.metrics[k] for k in ("step", "train_loss", "eval_loss", "tokens_seen", "tokens_per_second", "records_used", "records_rejected") if k in outcome.metrics}
     print(f"\ntraining finished: {outcome.output_dir}\n" + json.dumps(shown, indent=2))
+    return 0
+
+
+def _predict_or_evaluate(config) -> int:
+    t = config.train
+    if not (t.do_predict or t.do_eval):
+        raise ConfigError("do_train is false and there is nothing else to do: add --do_predict (batch prediction) or "
+                          "--do_eval --predict_with_generate (BLEU / ROUGE of generated answers), or drop --do_train false")
+    if t.do_eval and not t.do_predict and not t.predict_with_generate:
+        raise ConfigError("do_eval without do_train scores generated answers: add --predict_with_generate "
+                          "(a loss-only evaluation of a checkpoint is not available)")
+    from caregpt.eval.predict import EVAL_RESULTS_NAME, RESULTS_NAME, run_prediction
+
+    mode = "predict" if t.do_predict else "eval"
+    outcome = run_prediction(config, mode=mode)
+    name = RESULTS_NAME if mode == "predict" else EVAL_RESULTS_NAME
+    shown = {k: v for k, v in outcome.results.items() if k.startswith(f"{mode}_") or k in ("records", "predicted", "invalid")}
+    print(f"\n{mode} results: {outcome.output_dir / name}\n" + json.dumps(shown, ensure_ascii=False, indent=2))
+    if outcome.invalid and not config.data.skip_invalid:
+        for example in outcome.invalid_examples:
+            print(f"  invalid {example['loc']}: {example['error']}", file=sys.stderr)
+        print(f"caregpt train: {outcome.invalid} invalid record(s) were not predicted; fix them or pass --skip_invalid", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -206,6 +206,24 @@ def _resolve_one(value: str, kind: str, base: Path) -> str:
     return value
 
 
+def _path_kind(spec: type[BaseModel], name: str) -> str | None:
+    extra = spec.model_fields[name].json_schema_extra
+    return extra.get("path") if isinstance(extra, dict) else None
+
+
+def resolve_spec_paths(model: BaseModel, base: str | Path | None = None) -> BaseModel:
+    """A copy of any spec model with its path fields (``key(path=...)``) made absolute against `base` (the cwd)."""
+    base = Path(base or Path.cwd())
+    changed: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        kind, value = _path_kind(type(model), name), getattr(model, name)
+        if kind and value:
+            new = [_resolve_one(str(v), kind, base) for v in value] if isinstance(value, list) else _resolve_one(str(value), kind, base)
+            if new != value:
+                changed[name] = new
+    return model.model_copy(update=changed) if changed else model
+
+
 def resolve_paths(config: RunConfig, base: str | Path | None = None) -> RunConfig:
     """Every local path key made absolute against `base` (the caller's working directory), on the driver.
 

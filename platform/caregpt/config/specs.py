@@ -201,7 +201,7 @@ class FinetuneArgs(_Spec):
     """With finetuning_type freeze: how many of the last decoder layers train."""
 
     resume_lora_training: bool = True
-    """Keep training the adapter in checkpoint_dir (true) or merge it and start a new one (false)."""
+    """Keep training the adapter in checkpoint_dir (true) or merge it and start a new one (false). On a quantised base (quantization_bit) a single adapter is never merged: it keeps training, as in CareGPT."""
 
     dpo_beta: float = 0.1
     """DPO temperature beta."""
