@@ -70,8 +70,8 @@ def section_help(title: str, spec: type[BaseModel], width: int = 100, skip: tupl
 def render_help(usage: str, summary: str, sections: list[tuple[str, type[BaseModel]]], epilog: str = "", width: int = 100) -> str:
     """The whole `--help` page of a verb."""
     parts = [f"usage: {usage}", ""]
-    parts += [textwrap.fill(p, width) if "\n" not in p else p for p in summary.split("\n\n")]
-    parts.append("")
+    for paragraph in summary.split("\n\n"):
+        parts += [textwrap.fill(paragraph, width) if "\n" not in paragraph else paragraph, ""]
     for title, spec in sections:
         parts += section_help(title, spec, width)
     if epilog:

@@ -73,7 +73,7 @@ class PredictOutcome:
 
 def settings_for(config: RunConfig) -> GenerationSettings:
     """The run config's generation group (the shared sampling spec) as the actors take it."""
-    return GenerationSettings(**config.generation.model_dump())
+    return GenerationSettings(**config.generation.resolved())
 
 
 def plan_prediction(config: RunConfig, mode: str = "predict") -> PredictPlan:
