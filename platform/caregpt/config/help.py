@@ -60,7 +60,9 @@ def section_help(title: str, spec: type[BaseModel], width: int = 100, skip: tupl
     for name, field in spec.model_fields.items():
         if name in skip:
             continue
-        lines.append(f"  --{name} {type_name(field.annotation)}{_shown_default(field)}")
+        aliases = [a for a in getattr(field.validation_alias, "choices", []) if isinstance(a, str) and a != name]
+        also = f" (also --{', --'.join(aliases)})" if aliases else ""
+        lines.append(f"  --{name} {type_name(field.annotation)}{_shown_default(field)}{also}")
         doc = " ".join((field.description or "").split())
         lines.extend(textwrap.wrap(doc, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
     lines.append("")

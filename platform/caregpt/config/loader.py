@@ -72,7 +72,10 @@ def _coerce_yaml_scalar(value: Any) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError:
-            return value
+            try:  # `[a, b]` as YAML writes it
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
     return value
 
 
@@ -101,6 +104,19 @@ def _literal_choices(spec: type[BaseModel], key: str) -> str | None:
     return shown if shown.startswith("{") else None
 
 
+def option_names(spec: type[BaseModel]) -> list[str]:
+    """A spec's option names: field names plus their declared aliases (AliasChoices)."""
+    from pydantic import AliasChoices
+
+    names: list[str] = []
+    for name, field in spec.model_fields.items():
+        names.append(name)
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names += [c for c in alias.choices if isinstance(c, str) and c != name]
+    return names
+
+
 def build_sections(values: dict[str, tuple[Any, str]], sections: dict[str, type[BaseModel]], verb: str = "train") -> dict[str, BaseModel]:
     """The one validation path: flat key -> (value, source) into one model per section.
 
@@ -109,7 +125,7 @@ def build_sections(values: dict[str, tuple[Any, str]], sections: dict[str, type[
     """
     owners: dict[str, str] = {}
     for name, spec in sections.items():
-        for key in spec.model_fields:
+        for key in option_names(spec):
             if key in owners:
                 raise RuntimeError(f"option {key!r} declared in both {owners[key]} and {name}")
             owners[key] = name
@@ -270,13 +286,14 @@ def config_from_json(text: str) -> RunConfig:
 
 
 def load_verb(argv: list[str], sections: dict[str, type[BaseModel]], *, verb: str, positional: int = 0,
-              defaults: dict[str, Any] | None = None) -> tuple[dict[str, BaseModel], list[str], set[str]]:
+              defaults: dict[str, Any] | None = None, config_file: bool = True) -> tuple[dict[str, BaseModel], list[str], set[str]]:
     """A verb's `[CONFIG.yaml] [ARG ...] [--key value ...]` into its spec sections.
 
     Returns (section models, positional arguments, the keys the user set). `defaults` are the verb's own
     defaults for keys of shared specs (chat samples at temperature 0.7 where predict decodes greedily).
+    config_file=False: a YAML argument is a positional argument (`caregpt run PIPELINE.yaml`), not options.
     """
-    config_path, rest, flags = split_argv(argv, positional=positional)
+    config_path, rest, flags = split_argv(argv, positional=positional, yaml=config_file)
     values = gather(config_path, flags, defaults, default_source=f"the default of caregpt {verb}")
     given = {k for k, (_, source) in values.items() if not source.startswith("the default")}
     return build_sections(values, sections, verb), rest, given

@@ -48,10 +48,27 @@ class Spec(BaseModel):
         extra="forbid",
         validate_assignment=True,
         protected_namespaces=(),
+        populate_by_name=True,
     )
 
 
 _Spec = Spec
+
+
+def pick(spec: type[BaseModel], names: tuple[str, ...], title: str, **defaults: Any) -> type[Spec]:
+    """A spec made of some fields of another, declared once there (type, docstring, metadata); `defaults`
+    replace their defaults (e.g. None: "unset, use what the checkpoint recorded")."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name in names:
+        info = spec.model_fields[name]._copy()
+        annotation = info.annotation
+        if name in defaults:
+            info.default = defaults[name]
+            annotation = annotation | None if defaults[name] is None else annotation
+        fields[name] = (annotation, info)
+    return create_model(title, __base__=Spec, **fields)
 OPS = key("operational")
 DATA = key("data")
 WHERE = "sets where or how a trial runs, not what it learns: set it once in the base config"

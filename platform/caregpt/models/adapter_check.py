@@ -134,13 +134,15 @@ def checkpoint_defaults(adapters: list[str], model: str | None = None) -> dict[s
     return {}
 
 
-def load_with_checkpoint_defaults(argv: list[str], verb: str = "predict") -> tuple[Any, set[str]]:
+def load_with_checkpoint_defaults(argv: list[str], verb: str = "predict", extra: dict[str, Any] | None = None) -> tuple[Any, set[str]]:
     """`[CONFIG.yaml] [--key value ...]` through the one loader, plus checkpoint_defaults for unset keys.
 
     Returns (RunConfig, the keys the user set or the checkpoint supplied), so a caller can tell a
-    chosen value from a spec default.
+    chosen value from a spec default. `extra`: more spec sections of the verb (name -> spec), whose
+    validated models come back as a third item.
     """
-    from caregpt.config.loader import build_config, gather, resolve_paths, split_argv
+    from caregpt.config.loader import build_sections, gather, resolve_paths, split_argv
+    from caregpt.config.specs import GROUPS, RunConfig
 
     config_path, _, flags = split_argv(argv)
     values = gather(config_path, flags)
@@ -154,7 +156,11 @@ def load_with_checkpoint_defaults(argv: list[str], verb: str = "predict") -> tup
             where = f"{adapters[-1] if adapters else model}/{RESOLVED_CONFIG_NAME}"
             logger.info("%s=%s (from %s)", key, value, where)
             values[key] = (value, f"from {where}")
-    return resolve_paths(build_config(values, verb)), set(values)
+    parts = build_sections(values, {**GROUPS, **(extra or {})}, verb)
+    config = resolve_paths(RunConfig(**{g: parts[g] for g in GROUPS}))
+    if extra:
+        return config, set(values), {name: parts[name] for name in extra}
+    return config, set(values)
 
 
 def _module_fits(module: nn.Module, kind: str, shape: list[int]) -> str | None:

@@ -291,6 +291,15 @@ def load_tune_config(config_path: str | None, overrides: dict[str, Any] | None =
     return config, {k: v for k, (v, _) in base.items()}, spec
 
 
+def load_tune_values(values: dict[str, Any], source: str) -> tuple[RunConfig, dict[str, Any], TuneSpec]:
+    """A tune config given as values (the pipeline's tune step): base keys plus a `tune` mapping."""
+    values = dict(values)
+    raw_tune = dict(values.pop("tune", None) or {})
+    base = {str(k): (v, f"from {source}") for k, v in values.items()}
+    config = build_config(base)
+    return config, {k: v for k, (v, _) in base.items()}, parse_tune(raw_tune, base)
+
+
 def load_from_argv(argv: list[str]) -> tuple[RunConfig, dict[str, Any], TuneSpec]:
     try:
         config_path, _, flags = split_argv(argv)
