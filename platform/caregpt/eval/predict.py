@@ -255,8 +255,13 @@ def run_prediction(config: RunConfig, settings: GenerationSettings | None = None
     """
     from caregpt.runtime import ensure_ray
 
+    from caregpt.train.launch import precision_note
+
     settings = settings or settings_for(config)
     plan = plan_prediction(config, mode)
+    note = precision_note(config, "predicts")
+    if note:
+        logger.warning(note)
     ensure_ray(config.ray.ray_address)
     _warn_if_no_gpus(config)
     plan.output_dir.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,9 @@ def check_loggers(config: RunConfig) -> None:
     """report_to: every logger named must be importable here (and so, in one environment, on the workers)."""
     import importlib.util
 
+    if config.train.loggers and config.finetune.stage == "ppo":
+        raise ConfigError(f"report_to={','.join(config.train.report_to)} is not available for the ppo stage (its metrics go to "
+                          "trainer_log.jsonl and Ray): drop report_to")
     missing = [name for name in config.train.loggers if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None]
     if missing:
         hint = " ".join(LOGGER_PACKAGES[m] for m in missing)
@@ -75,14 +78,16 @@ def check_loggers(config: RunConfig) -> None:
                           f"pip install {hint} (or drop it from report_to)")
 
 
-def precision_note(config: RunConfig) -> str | None:
+def precision_note(config: RunConfig, doing: str = "trains") -> str | None:
     """One line saying which precision a CPU run really uses when --fp16 / --bf16 asks for another."""
     if config.ray.use_gpu:
         return None
     if config.train.fp16:
-        return ("fp16 needs a GPU (float16 mixed precision with loss scaling); this CPU run (use_gpu false) trains in "
-                "float32 instead. Pass --use_gpu on a GPU cluster, or --bf16 for bfloat16 autocast on CPU")
+        return (f"fp16 needs a GPU (float16 mixed precision with loss scaling); this CPU run (use_gpu false) {doing} in "
+                "float32 instead. Pass --use_gpu on a GPU cluster" + (", or --bf16 for bfloat16 autocast on CPU" if doing == "trains" else ""))
     if config.train.bf16:
+        if doing != "trains":
+            return f"bf16 on CPU: this run {doing} in float32 (bfloat16 only speeds up training here)"
         return "bf16 on CPU: weights stay float32, matrix products run in bfloat16 autocast (torch CPU mixed precision)"
     return None
 
