@@ -187,6 +187,9 @@ def run_train_verb(config) -> int:
     if t.do_predict:
         raise ConfigError("do_train together with do_predict: train first, then predict with the trained adapter "
                           "(`caregpt train --do_predict --checkpoint_dir OUTPUT_DIR --output_dir PREDICT_DIR ...`)")
+    if t.do_eval and not config.data.val_size:
+        raise ConfigError("do_eval while training evaluates on a held-out split, but val_size is 0: set val_size "
+                          "(e.g. 0.1), or drop do_train to score generated answers with --do_eval --predict_with_generate")
     from caregpt.train.launch import run_training
 
     outcome = run_training(config)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import DataArgs, ModelArgs, Spec, pick
+from caregpt.config.specs import DataArgs, GenerationArgs, ModelArgs, Spec, pick
 
 logger = logging.getLogger("caregpt.eval")
 
@@ -93,9 +93,6 @@ class EvalArgs(Spec):
     batch_size: int = Field(default=8, ge=1, validation_alias=AliasChoices("batch_size", "per_device_eval_batch_size"))
     """choice: questions per forward pass / generate call (alias: per_device_eval_batch_size)."""
 
-    max_new_tokens: int = Field(default=32, ge=1)
-    """choice: reply length for --method generate."""
-
     device: str | None = None
     """choice: cpu, cuda, cuda:1 ... (default: cuda when available)."""
 
@@ -104,14 +101,16 @@ class EvalArgs(Spec):
 # unset here means "what the adapter recorded" (template) or "the model's max positions" (cutoff_len)
 EvalModel = pick(ModelArgs, ("model_name_or_path", "checkpoint_dir", "adapter_name_or_path", "trust_remote_code"), "EvalModel")
 EvalPrompt = pick(DataArgs, ("template", "cutoff_len"), "EvalPrompt", template=None, cutoff_len=None)
-SECTIONS = {"eval": EvalArgs, "model": EvalModel, "prompt": EvalPrompt}
+EvalGeneration = pick(GenerationArgs, ("max_new_tokens",), "EvalGeneration", max_new_tokens=32)  # greedy: no sampling keys
+SECTIONS = {"eval": EvalArgs, "model": EvalModel, "prompt": EvalPrompt, "generation": EvalGeneration}
 USAGE = "caregpt eval --task {generation,choice,triage,safety} [--key value ...]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
 
 
 def help_text() -> str:
     from caregpt.config.help import render_help
 
-    return render_help(USAGE, DESCRIPTION, [("Evaluation", EvalArgs), ("Model (choice)", EvalModel), ("Prompt (choice)", EvalPrompt)],
+    return render_help(USAGE, DESCRIPTION, [("Evaluation", EvalArgs), ("Model (choice)", EvalModel), ("Prompt (choice)", EvalPrompt),
+                                                 ("Generation (choice --method generate; greedy)", EvalGeneration)],
                        EXAMPLES + "\n\n--task triage and --task safety: see `caregpt eval --task triage --help`.")
 
 
@@ -151,7 +150,7 @@ def _namespace(parts: dict[str, Any]) -> SimpleNamespace:
     if parts["prompt"].cutoff_len is not None and parts["prompt"].cutoff_len < 1:
         raise ConfigError(f"--cutoff_len must be a whole number >= 1, got {parts['prompt'].cutoff_len}")
     checkpoint = model.checkpoint_dir or model.adapter_name_or_path
-    return SimpleNamespace(**parts["eval"].model_dump(), **parts["prompt"].model_dump(),
+    return SimpleNamespace(**parts["eval"].model_dump(), **parts["prompt"].model_dump(), **parts["generation"].model_dump(),
                            model_name_or_path=model.model_name_or_path, trust_remote_code=model.trust_remote_code,
                            checkpoint_dir=",".join(checkpoint) if checkpoint else None)
 
