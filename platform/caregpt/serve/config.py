@@ -293,7 +293,12 @@ def load_serve_config(argv: list[str]) -> tuple[ServeConfig, dict[str, Any] | No
             values.update({k: (v, f"from {config_path}") for k, v in doc.items()})
     values.update({k: (v, "from the command line") for k, v in flags.items()})
     config = resolve_spec_paths(build_sections(values, {"serve": ServeConfig}, "serve")["serve"])
+    if config.knowledge_bases:  # name -> directory: the directories resolve like every other path
+        base = Path.cwd()
+        config = config.model_copy(update={"knowledge_bases": {
+            name: str((base / d).resolve()) if (base / d).exists() else d for name, d in config.knowledge_bases.items()}})
     if serve_doc is not None:  # the replicas get the paths as resolved here (absolute), the rest as given
         paths = {k for k, f in ServeConfig.model_fields.items() if isinstance(f.json_schema_extra, dict) and "path" in f.json_schema_extra}
+        paths.add("knowledge_bases")
         serve_doc["applications"][0]["args"] = {k: getattr(config, k) if k in paths else v for k, (v, _) in values.items()}
     return config, serve_doc
