@@ -1,7 +1,10 @@
-"""YAML + command-line loading into a validated RunConfig.
+"""The one loader of every verb: `[CONFIG.yaml] [ARG ...] [--key value ...]` into validated spec models.
 
-Order of precedence: defaults < YAML file < command-line flags. Every problem is reported on the
-driver, before Ray starts, naming the key, the bad value, where it came from and what would be valid.
+Order of precedence: defaults < YAML file < command-line flags. Flags keep CareGPT's spellings (bare
+switches `--plot_loss --fp16`, lists `--lora_target q_proj,v_proj`, `--resume_lora_training False`,
+`--key=value`, dashes or underscores). Every problem is reported on the driver, before Ray starts, as one
+ConfigError naming the key, the bad value, where it came from and what would be valid (the `caregpt`
+CLI prints it as one line and exits 2). Local paths are made absolute against the working directory here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-
 
 from caregpt.config.specs import GROUPS, RunConfig, key_owner
 
@@ -47,14 +49,14 @@ def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     while i < len(argv):
         token = argv[i]
         if token.startswith("--"):
-            body = token[2:].replace("-", "_")
-            if "=" in body:
-                key, value = body.split("=", 1)
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                key, value = body, argv[i + 1]
-                i += 1
-            else:
-                key, value = body, "true"
+            name, eq, value = token[2:].partition("=")
+            key = name.replace("-", "_")  # `--api-base` is `--api_base`; values keep their dashes
+            if not eq:
+                if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                    value = argv[i + 1]
+                    i += 1
+                else:
+                    value = "true"
             flags[key] = value
         elif "=" in token and not token.startswith("/") and token.split("=", 1)[0].isidentifier():
             key, value = token.split("=", 1)
