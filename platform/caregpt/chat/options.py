@@ -60,6 +60,10 @@ def check_mode(parts: dict[str, Any], given: set[str], verb: str) -> None:
         raise ConfigError(f"{', '.join(local_keys)} only apply to a local model (--model_name_or_path), not to --api-base")
     if model.model_name_or_path and (given & {"api_key", "model"}):
         raise ConfigError("--api-key / --model only apply to a served model (--api-base)")
+    unused = sorted(given & {"top_k", "repetition_penalty"})
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: the chat clients decode with temperature, top_p and max_new_tokens "
+                          f"(what the OpenAI API carries); {', '.join(unused)} is not available in caregpt {verb}")
     if model.checkpoint_dir and parts["local"].finetuning_type != "lora":
         raise ConfigError(f"finetuning_type={parts['local'].finetuning_type} with checkpoint_dir: a {parts['local'].finetuning_type} "
                           "fine-tune is a whole model, pass it as --model_name_or_path (checkpoint_dir holds LoRA adapters)")
