@@ -218,10 +218,11 @@ def test_web_demo_starts_its_own_local_engine(scratch):
         from gradio_client import Client
 
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-        respond = next(name for name in endpoints if name.startswith("/respond"))
-        # a question through the page's own answer function: the local engine answers, no API runs anywhere
-        history, status = client.predict([{"role": "user", "content": "头痛怎么办？"}], "llama", "", 0.0, 0.9, 8, api_name=respond)
-        assert status == "" and history[-1]["role"] == "assistant", (history, status)
+        models, status = client.predict(None, api_name="/refresh_models")
+        assert models["choices"] == [["llama", "llama"]] and status == ""  # from the local engine: no API runs anywhere
+        # a question through the page's own answer function
+        question = [{"role": "user", "content": [{"type": "text", "text": "头痛怎么办？"}]}]
+        history, status = client.predict(question, "llama", "", 0.0, 0.9, 16, api_name="/respond")
+        assert status == "" and history[-1]["role"] == "assistant" and history[-1]["content"][0]["text"], (history, status)
     finally:
         _stop(proc)
