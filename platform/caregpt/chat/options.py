@@ -31,7 +31,7 @@ class ApiArgs(Spec):
 class LocalArgs(Spec):
     template: str | None = None
     """Chat template of a local model (default, chatml, llama2, llama3, qwen, baichuan2, mistral, auto); default: the one
-    the checkpoint was trained with, else `default`."""
+    the checkpoint was trained with, else the tokenizer's own (auto), else `default`."""
 
     finetuning_type: Literal["lora", "freeze", "full"] = "lora"
     """How checkpoint_dir was trained (CareGPT's demo flag): lora adapters are merged into the base. A freeze / full
@@ -43,7 +43,7 @@ class ConversationArgs(Spec):
     """System prompt for the conversation."""
 
     seed: int | None = Field(default=None, ge=0)
-    """Seed the sampler of a local model, so the same question gets the same answer."""
+    """Seed the sampler of a local model, so a session's answers repeat run to run (answer k uses seed+k)."""
 
 
 def client_sections(extra: dict[str, type[Spec]] | None = None) -> dict[str, type[Spec]]:
@@ -81,10 +81,7 @@ def open_local(parts: dict[str, Any]):
     from caregpt.chat.local import LocalChat
 
     model = parts["model"]
-    if parts["conversation"].seed is not None:
-        from transformers import set_seed
-
-        set_seed(parts["conversation"].seed)
     extra = {k: v for k, v in model.model_dump().items() if k not in ("model_name_or_path", "checkpoint_dir", "adapter_name_or_path")
              and v != ModelArgs.model_fields[k].default}
-    return LocalChat(model.model_name_or_path, checkpoint_dir=list(model.checkpoint_dir or []), template=parts["local"].template, extra=extra)
+    return LocalChat(model.model_name_or_path, checkpoint_dir=list(model.checkpoint_dir or []), template=parts["local"].template,
+                     extra=extra, seed=parts["conversation"].seed)

@@ -219,7 +219,12 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None, std
         _say(f"{DISCLAIMER}\n{COMMANDS_HELP}", stdout)
     repl = Repl(backend, model=model, system=parts["conversation"].system, gen=sampling(parts["generation"]),
                 stdin=stdin, stdout=stdout, stderr=stderr, interactive=interactive)
-    return repl.run()
+    try:
+        return repl.run()
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()  # a local model's engine thread
 
 
 __all__ = ["Delta", "Repl", "help_text", "main", "parse"]

@@ -3,10 +3,17 @@
 Likelihood (the default, as in C-Eval / CMMLU / LLaMA-Factory's evaluator): the question goes through
 the model's chat template ending in "答案：" and the generation prompt; one forward pass gives the
 next-token log-probabilities of the option letters, and the most likely letter is the answer.
-Multi-answer items (the gold answer has several letters; exams state the question type, so the
-count of right letters is not a secret) take every letter whose probability, renormalised over the
-item's own option letters, is at least 1/number-of-options (better than uniform); the top letter is
-always taken. An item is right only if the chosen set equals the gold set.
+Multi-answer items are those the *exam* declares as such (a question-type field such as "type": "多选题" /
+"multiple", or 多选 / 多项选择 / "select all" in the question): they take every letter whose probability,
+renormalised over the item's own option letters, is at least 1/number-of-options (better than uniform); the top
+letter is always taken. The gold answer never decides how many letters are picked (that would leak the
+answer); an undeclared item whose gold has several letters is answered with one letter and scored wrong.
+An item is right only if the chosen set equals the gold set.
+
+`summarize` puts every accuracy next to two baselines: chance (a uniform guess: 1/options for a single-answer
+item, 1/(2^options - 1) for a declared multi-answer one) and the majority letter (always answering the letter
+that is most often right in this very set, the best constant answer); it also reports how often the model gave
+its most frequent answer, so a model that answers "A" to everything is visible.
 
 Generate-then-parse: greedy generation from the same prompt, then
 :func:`caregpt.eval.choice_parse.extract_choice`; replies it cannot read are "unparsed" (scored wrong,
@@ -19,12 +26,13 @@ takes seconds to minutes. Corpus-scale generation belongs to Ray Data batch pred
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from caregpt.config.loader import RESOLVED_CONFIG_NAME, ConfigError, load_config
+from caregpt.config.loader import ConfigError
 from caregpt.eval.choice_data import ChoiceItem, build_messages, choose_shots
 from caregpt.eval.choice_parse import extract_choice
 
@@ -46,80 +54,19 @@ class ChoiceSettings:
 
 def checkpoint_defaults(checkpoint_dir: list[str] | None) -> dict[str, Any]:
     """model_name_or_path / template recorded beside the last adapter by `caregpt train`, if any."""
-    import yaml
+    from caregpt.models.inference import recorded_settings
 
-    if not checkpoint_dir:
-        return {}
-    saved = Path(checkpoint_dir[-1]).expanduser() / RESOLVED_CONFIG_NAME
-    if not saved.is_file():
-        return {}
-    data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    return {k: data[k] for k in ("model_name_or_path", "template") if data.get(k)}
-
-
-def _adapter_base(path: Path) -> str:
-    import json
-
-    from caregpt.models.adapters import ADAPTER_CONFIG_NAME
-
-    try:
-        return str(json.loads((path / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path") or "unknown")
-    except (OSError, ValueError):
-        return "unknown"
-
-
-def _attach_adapters(model, adapters: list[str], base: str):
-    """Base + LoRA adapters for inference: merged (faster forward passes), unless the base is quantised."""
-    import warnings
-
-    from peft import PeftModel
-
-    from caregpt.models.adapters import ADAPTER_CONFIG_NAME, is_quantized
-
-    for entry in adapters:
-        path = Path(entry).expanduser()
-        if not (path / ADAPTER_CONFIG_NAME).is_file():
-            raise ConfigError(f"checkpoint_dir entry {entry!r} is not an adapter directory (no {ADAPTER_CONFIG_NAME})")
-        try:
-            with warnings.catch_warnings():
-                # peft probes a transformers attribute deprecated in 5.2x: noise nobody can act on
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                model = PeftModel.from_pretrained(model, str(path))
-        except RuntimeError as exc:  # shape mismatches: the adapter was trained on another base
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else repr(exc))[:300]
-            raise ConfigError(
-                f"adapter {entry!r} does not fit the base model {base!r}: it was trained on "
-                f"{_adapter_base(path)!r} ({detail}); pass that base model as --model_name_or_path"
-            ) from None
-        if not is_quantized(model):
-            model = model.merge_and_unload()
-    model.eval()
-    return model
+    return recorded_settings(checkpoint_dir or [])
 
 
 def load_eval_model(model_name_or_path: str, checkpoint_dir: list[str] | None = None, *, template: str = "default",
                     trust_remote_code: bool = False, device: str | None = None):
-    """(model in eval mode, tokenizer, bound chat template) for scoring."""
-    from caregpt.data.templates import get_template
-    from caregpt.data.tokenize import load_tokenizer
-    from caregpt.models.loader import load_model, resolve_model_source
+    """(model in eval mode, tokenizer, bound chat template) for scoring, from the one inference loader."""
+    from caregpt.models.inference import InferenceSpec, load_for_inference
 
-    config = load_config(None, {
-        "model_name_or_path": model_name_or_path,
-        "checkpoint_dir": list(checkpoint_dir or []) or None,
-        "template": template,
-        "trust_remote_code": trust_remote_code,
-    })
-    source, _ = resolve_model_source(config)  # ConfigError naming a missing / wrong directory
-    tokenizer = load_tokenizer(source, trust_remote_code)
-    try:
-        chat = get_template(template, tokenizer)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    model = load_model(config, for_training=False, device=device)
-    model = _attach_adapters(model, list(checkpoint_dir or []), source)
-    return model, tokenizer, chat
+    loaded = load_for_inference(InferenceSpec(model_name_or_path, tuple(checkpoint_dir or ()), template=template,
+                                              trust_remote_code=trust_remote_code, device=device))
+    return loaded.model, loaded.tokenizer, loaded.template
 
 
 def _max_positions(model) -> int | None:
@@ -190,10 +137,23 @@ def _left_padded(rows: list[list[int]], pad_id: int, device):
 
 # ---- scoring -----------------------------------------------------------------------------------
 
+_MULTI_TYPE = re.compile(r"多选|多项|不定项|multiple|multi|select all|choose all|all that apply", re.IGNORECASE)
+_TYPE_KEYS = ("type", "question_type", "qtype", "item_type")
+
+
+def declared_multi(item: ChoiceItem) -> bool:
+    """Does the exam itself say the item may have several right letters? Never looks at the gold answer."""
+    for key in _TYPE_KEYS:
+        value = item.extra.get(key)
+        if isinstance(value, str) and _MULTI_TYPE.search(value):
+            return True
+    return bool(_MULTI_TYPE.search(item.question))
+
+
 def _pick(item: ChoiceItem, probs: dict[str, float]) -> str:
-    """The documented choice rule: argmax; for multi-answer items every letter at least as likely as uniform."""
+    """The documented choice rule: argmax; for declared multi-answer items every letter at least as likely as uniform."""
     top = max(sorted(probs), key=lambda k: probs[k])  # sorted first: ties go to the earlier letter
-    if not item.multi:
+    if not declared_multi(item):
         return top
     floor = 1.0 / len(probs)
     return "".join(sorted({top, *(k for k, p in probs.items() if p >= floor)}))
@@ -226,19 +186,16 @@ def likelihood_predictions(model, tokenizer, items, prompts, letter_ids: dict[st
 
 
 def _stop_ids(template, tokenizer) -> list[int]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for stop in template.stop_strings:
-        encoded = tokenizer.encode(stop, add_special_tokens=False)
-        if len(encoded) == 1:  # single-token stops end generation early; longer ones are cut afterwards
-            ids.append(encoded[0])
-    return list(dict.fromkeys(ids))
+    # single-token stops end generation early; longer ones are cut afterwards (the inference loader's rule)
+    from caregpt.models.inference import stop_token_ids
+
+    return stop_token_ids(tokenizer, template.stop_strings)[0]
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:
-    for stop in stops:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
+    from caregpt.models.inference import cut_at_stops
+
+    return cut_at_stops(text, stops)
 
 
 def generate_predictions(model, tokenizer, template, items, prompts, batch_size: int, max_new_tokens: int,
@@ -285,8 +242,37 @@ def score_items(model, tokenizer, template, items: list[ChoiceItem], pool: list[
         predicted = extra.pop("predicted")
         rows.append({"id": item.id, "subject": item.subject, "answer": item.answer, "predicted": predicted,
                      "parsed": predicted is not None, "correct": predicted == item.answer,
+                     "options": len(item.options), "declared_multi": declared_multi(item),
                      "shots": shots, "truncated": truncated, **extra})
     return rows
+
+
+def baselines(rows: list[dict]) -> dict[str, Any]:
+    """Chance and majority-letter accuracy (percent) for these items, and how concentrated the model's answers are."""
+    if not rows:
+        return {"chance_accuracy": 0.0, "majority_letter": "", "majority_letter_accuracy": 0.0,
+                "most_common_prediction": "", "most_common_prediction_share": 0.0}
+    chance = 0.0
+    for row in rows:
+        n = max(int(row.get("options") or len(row["answer"]) or 1), 1)
+        chance += 1.0 / (2 ** n - 1) if row.get("declared_multi") else 1.0 / n
+    gold = Counter(row["answer"] for row in rows)
+    letter, hits = max(sorted(gold.items()), key=lambda item: item[1])
+    predicted = Counter(row["predicted"] for row in rows if row["predicted"])
+    top_prediction, top_count = max(sorted(predicted.items()), key=lambda item: item[1]) if predicted else ("", 0)
+    return {"chance_accuracy": round(100.0 * chance / len(rows), 4), "majority_letter": letter,
+            "majority_letter_accuracy": round(100.0 * hits / len(rows), 4),
+            "most_common_prediction": top_prediction,
+            "most_common_prediction_share": round(100.0 * top_count / len(rows), 4)}
+
+
+def format_accuracy(summary: dict[str, Any]) -> str:
+    """One line: accuracy beside its baselines, e.g. for a demo's exam step."""
+    line = (f"exam accuracy {summary['accuracy']:.1f}% ({summary['correct']}/{summary['total']}); chance "
+            f"{summary['chance_accuracy']:.1f}%, always '{summary['majority_letter']}' {summary['majority_letter_accuracy']:.1f}%")
+    if summary.get("most_common_prediction_share", 0) >= 90:
+        line += f"; the model answered '{summary['most_common_prediction']}' on {summary['most_common_prediction_share']:.0f}% of items"
+    return line
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
@@ -301,6 +287,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         subjects.setdefault(row["subject"], []).append(row)
     return {
         **block(rows),
+        **baselines(rows),
         "subjects": {name: block(part) for name, part in sorted(subjects.items())},
         "unparsed_ids": [r["id"] for r in rows if not r["parsed"]],
         "multi_answer_items": sum(1 for r in rows if len(r["answer"]) > 1),

@@ -106,7 +106,7 @@ def run_export(step: PlannedStep) -> None:
 
 
 def run_eval(step: PlannedStep) -> None:
-    if step.values.get("task") in ("triage", "safety"):  # the medical layer's tasks keep their own entry point
+    if step.values.get("task") in ("triage", "safety", "deid"):  # the medical layer's tasks keep their own entry point
         import importlib
 
         argv = [f"--{k}={v}" for k, v in step.values.items() if v is not None]
