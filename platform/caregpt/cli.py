@@ -7,14 +7,17 @@ CareGPT / LLaMA-Factory spelling, so `python src/train_bash.py --stage sft ...` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator
 
 from caregpt import __version__
 from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec, key, split_commas
 
 logger = logging.getLogger("caregpt")
 
@@ -68,15 +71,17 @@ def cmd_data(argv: list[str]) -> int:
             "prepare": "Tokenize the datasets with the Ray Data pipeline into parquet (tokenized_path, or a cache "
             "folder keyed by a fingerprint of data + tokenizer + settings).",
         }[action]
-        print(_run_config_help(f"data {action}", summary, ("model", "data", "finetune")))
+        from caregpt.config.help import render_help, run_sections
+
+        print(render_help(f"caregpt data {action} {RUN_USAGE}", summary, [*run_sections(("model", "data", "finetune")), ("Output", DataOutputArgs)]))
         return 0
-    from caregpt.config.loader import load_from_argv
+    from caregpt.config.loader import load_verb, resolve_paths
+    from caregpt.config.specs import GROUPS, RunConfig
     from caregpt.runtime import ensure_ray
 
-    parsed = argparse.ArgumentParser(add_help=False)
-    parsed.add_argument("--json", action="store_true")
-    extra, remaining = parsed.parse_known_args(rest)
-    config = load_from_argv(remaining)
+    parts, _, _ = load_verb(rest, {**GROUPS, "output": DataOutputArgs}, verb=f"data {action}")
+    config = resolve_paths(RunConfig(**{g: parts[g] for g in GROUPS}))
+    extra = parts["output"]
     from caregpt.data.pipeline import plan_data
 
     plan_data(config)  # every config / registry problem surfaces here, before Ray starts
@@ -85,7 +90,7 @@ def cmd_data(argv: list[str]) -> int:
         from caregpt.data.check import check_data
 
         report = check_data(config, config.model.model_name_or_path)
-        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if extra.json else report.format())
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if extra.as_json else report.format())
         return 1 if report.invalid else 0
     from caregpt.data.prepare import prepare
 
@@ -95,26 +100,64 @@ def cmd_data(argv: list[str]) -> int:
     return 0
 
 
-def cmd_new_model(argv: list[str]) -> int:
-    from caregpt.models.tiny import PRESETS
+class DataOutputArgs(Spec):
+    as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
+    """data check: print the report as JSON instead of text (--json)."""
 
-    parser = argparse.ArgumentParser(
-        prog="caregpt new-model",
-        description="Build a small Llama-architecture model from scratch: a byte-level BPE tokenizer trained on your "
-        "text (Chinese-capable, ChatML chat template) and randomly initialised weights, saved as a normal Hugging Face "
-        "model directory (safetensors) that every stage, eval and serving can load by path.",
-    )
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size (default: tiny, a few million parameters)")
-    parser.add_argument("--corpus", required=True, help="text to train the tokenizer on: .txt/.json/.jsonl/.csv files, comma separated")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="where the model directory is written")
-    parser.add_argument("--vocab_size", "--vocab-size", type=int, default=None, help="tokenizer vocabulary size (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default: 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output_dir")
-    args = parser.parse_args(argv)
+
+class NewModelArgs(Spec):
+    preset: str = "tiny"
+    """Model size: a preset of caregpt.models.tiny (tiny: a few million parameters)."""
+
+    corpus: list[str]
+    """Text to train the tokenizer on: .txt/.json/.jsonl/.csv files, comma separated."""
+
+    output_dir: Annotated[str, key(path="out")] = Field(validation_alias=AliasChoices("output_dir", "output"))
+    """Where the model directory is written."""
+
+    vocab_size: int | None = Field(default=None, ge=256)
+    """Tokenizer vocabulary size (default: the preset's)."""
+
+    seed: int = 0
+    """Random seed for the weights."""
+
+    overwrite: bool = False
+    """Replace an existing non-empty output_dir."""
+
+    @field_validator("corpus", mode="before")
+    @classmethod
+    def _files(cls, value: Any) -> Any:
+        return split_commas(value)
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, value: str) -> str:
+        from caregpt.models.tiny import PRESETS
+
+        if value not in PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS)}")
+        return value
+
+
+NEW_MODEL_SUMMARY = (
+    "Build a small Llama-architecture model from scratch: a byte-level BPE tokenizer trained on your text (Chinese-capable, "
+    "ChatML chat template) and randomly initialised weights, saved as a normal Hugging Face model directory (safetensors) "
+    "that every stage, eval and serving can load by path."
+)
+
+
+def cmd_new_model(argv: list[str]) -> int:
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import load_verb, resolve_spec_paths
+
+    if _wants_help(argv):
+        print(render_help("caregpt new-model --corpus FILE[,FILE] --output_dir DIR [--key value ...]", NEW_MODEL_SUMMARY, [("New model", NewModelArgs)]))
+        return 0
+    parts, _, _ = load_verb(argv, {"new-model": NewModelArgs}, verb="new-model")
+    args = resolve_spec_paths(parts["new-model"])
     from caregpt.models.tiny import build_tiny_model
 
-    corpus = [c.strip() for c in args.corpus.split(",") if c.strip()]
-    path = build_tiny_model(args.preset, corpus, args.output_dir, vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite)
+    path = build_tiny_model(args.preset, args.corpus, args.output_dir, vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite)
     print(path)
     return 0
 
@@ -126,16 +169,56 @@ def cmd_train(argv: list[str]) -> int:
             "Train a stage (pt, sft, rm, dpo, ppo) on Ray Train: tokenize with Ray Data, run N workers (DDP or DeepSpeed), "
             "checkpoint to storage_path, resume when run again, write the adapter/model, trainer_log.jsonl, "
             "all_results.json and (with --plot_loss) training_loss.png into output_dir.\n"
-            "Every train_bash.py command of CareGPT works with `caregpt train` in its place.",
-            ("model", "data", "finetune", "train", "ray"),
+            "Every train_bash.py command of CareGPT works with `caregpt train` in its place: --do_predict "
+            "--predict_with_generate writes generated_predictions.jsonl + predict_results.json, --do_eval "
+            "--predict_with_generate writes BLEU-4 / ROUGE to eval_results.json (both on Ray Data model actors, training nothing).",
+            ("model", "data", "finetune", "train", "generation", "ray"),
         ))
         return 0
     from caregpt.config.loader import load_from_argv
+
+    return run_train_verb(load_from_argv(argv))
+
+
+def run_train_verb(config) -> int:
+    """`caregpt train` as a typed function: train, or (do_train unset/false) predict or evaluate."""
+    t = config.train
+    if not t.trains:
+        return _predict_or_evaluate(config)
+    if t.do_predict:
+        raise ConfigError("do_train together with do_predict: train first, then predict with the trained adapter "
+                          "(`caregpt train --do_predict --checkpoint_dir OUTPUT_DIR --output_dir PREDICT_DIR ...`)")
+    if t.do_eval and not config.data.val_size:
+        raise ConfigError("do_eval while training evaluates on a held-out split, but val_size is 0: set val_size "
+                          "(e.g. 0.1), or drop do_train to score generated answers with --do_eval --predict_with_generate")
     from caregpt.train.launch import run_training
 
-    outcome = run_training(load_from_argv(argv))
-    shown = {k: outcome.metrics[k] for k in ("step", "train_loss", "eval_loss", "tokens_seen", "records_used", "records_rejected") if k in outcome.metrics}
+    outcome = run_training(config)
+    shown = {k: outcome.metrics[k] for k in ("step", "train_loss", "eval_loss", "tokens_seen", "tokens_per_second", "records_used", "records_rejected") if k in outcome.metrics}
     print(f"\ntraining finished: {outcome.output_dir}\n" + json.dumps(shown, indent=2))
+    return 0
+
+
+def _predict_or_evaluate(config) -> int:
+    t = config.train
+    if not (t.do_predict or t.do_eval):
+        raise ConfigError("do_train is false and there is nothing else to do: add --do_predict (batch prediction) or "
+                          "--do_eval --predict_with_generate (BLEU / ROUGE of generated answers), or drop --do_train false")
+    if t.do_eval and not t.do_predict and not t.predict_with_generate:
+        raise ConfigError("do_eval without do_train scores generated answers: add --predict_with_generate "
+                          "(a loss-only evaluation of a checkpoint is not available)")
+    from caregpt.eval.predict import EVAL_RESULTS_NAME, RESULTS_NAME, run_prediction
+
+    mode = "predict" if t.do_predict else "eval"
+    outcome = run_prediction(config, mode=mode)
+    name = RESULTS_NAME if mode == "predict" else EVAL_RESULTS_NAME
+    shown = {k: v for k, v in outcome.results.items() if k.startswith(f"{mode}_") or k in ("records", "predicted", "invalid")}
+    print(f"\n{mode} results: {outcome.output_dir / name}\n" + json.dumps(shown, ensure_ascii=False, indent=2))
+    if outcome.invalid and not config.data.skip_invalid:
+        for example in outcome.invalid_examples:
+            print(f"  invalid {example['loc']}: {example['error']}", file=sys.stderr)
+        print(f"caregpt train: {outcome.invalid} invalid record(s) were not predicted; fix them or pass --skip_invalid", file=sys.stderr)
+        return 1
     return 0
 
 

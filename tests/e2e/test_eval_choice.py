@@ -213,5 +213,5 @@ def test_help_explains_every_option(capsys):
                    "--method", "--n_shot", "--dev", "--max_samples", "--max_per_subject", "--batch_size",
                    "--max_new_tokens", "--cutoff_len", "--device", "--output_dir", "compare"):
         assert option in text
-    with pytest.raises(ConfigError, match="did you mean '--n_shot'"):
+    with pytest.raises(ConfigError, match="did you mean '(--)?n_shot'"):
         main(["--task", "choice", "--data", "x", "--nshot", "3"])

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from caregpt.config.loader import ConfigError, load_config
-from caregpt.models.adapters import apply_finetuning, save_trained, trainable_parameters
+from caregpt.models.adapters import adapter_plan, apply_finetuning, save_trained, trainable_parameters
 from caregpt.models.loader import load_model, resolve_dtype, validate_model
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -134,9 +134,18 @@ def test_validate_checkpoint_dir_must_be_adapters(tiny, tmp_path, adapter):
 
 
 def test_validate_quantized_merge_refused(tiny, adapter):
+    # two adapters would have to be merged, which a quantised base cannot take
     with pytest.raises(ConfigError, match=r"cannot merge adapter.*4-bit.*[Mm]erge them first"):
-        validate_model(cfg(tiny, quantization_bit=4, checkpoint_dir=str(adapter), resume_lora_training=False))
+        validate_model(cfg(tiny, quantization_bit=4, checkpoint_dir=f"{adapter},{adapter}", resume_lora_training=False))
     validate_model(cfg(tiny, quantization_bit=4, checkpoint_dir=str(adapter)))  # resuming needs no merge
+
+
+def test_single_adapter_on_a_quantized_base_keeps_training(tiny, adapter):
+    """CareGPT's DPO after a QLoRA SFT (--quantization_bit 4 --resume_lora_training False): not merged, trained on."""
+    config = cfg(tiny, quantization_bit=4, checkpoint_dir=str(adapter), resume_lora_training=False)
+    validate_model(config)
+    assert adapter_plan(config) == ([], str(adapter))
+    assert adapter_plan(cfg(tiny, checkpoint_dir=str(adapter), resume_lora_training=False)) == ([str(adapter)], None)
 
 
 
@@ -279,9 +288,13 @@ def test_no_resume_merges_then_fresh_lora(tiny, adapter):
 
 
 def test_quantized_merge_refused_at_apply(tiny, adapter):
-    config = cfg(tiny, quantization_bit=4, checkpoint_dir=str(adapter), resume_lora_training=False)
+    config = cfg(tiny, quantization_bit=4, checkpoint_dir=f"{adapter},{adapter}", resume_lora_training=False)
     with pytest.raises(ConfigError, match="cannot merge adapter"):
         apply_finetuning(load_model(config), config)
+    # one adapter on a quantised base keeps training (CareGPT's DPO after QLoRA SFT), unmerged
+    single = cfg(tiny, quantization_bit=4, checkpoint_dir=str(adapter), resume_lora_training=False)
+    model = apply_finetuning(load_model(single), single)
+    assert hasattr(model, "disable_adapter") and trainable_parameters(model)[0] > 0
 
 
 def test_adapter_chain_merges_earlier_resumes_last(tiny, adapter):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from caregpt.config.loader import ConfigError
 from caregpt.models.export_cli import main as export_main
 from tests.adapter_factory import make_lora_adapter
 
@@ -199,3 +200,22 @@ def test_missing_model_and_output_dir_are_clear_errors(tmp_path, capsys):
     assert export_main(["--model_name_or_path", str(tmp_path)]) == 2
     assert "output_dir is required" in capsys.readouterr().err
     assert export_main(["--help"]) == 0 and "--export_size" in capsys.readouterr().out
+
+
+def test_pipeline_export_and_eval_steps_are_typed_calls(tiny_model, adapter, tmp_path):
+    """The pipeline runs export / eval as functions on the step's values (no argv round trip)."""
+    from caregpt.pipeline.plan import PlannedStep
+    from caregpt.pipeline.run import run_eval, run_export
+
+    out = tmp_path / "export"
+    values = {"model_name_or_path": tiny_model, "checkpoint_dir": str(adapter), "template": "chatml", "output_dir": str(out),
+              "export_size": 0.5}
+    run_export(PlannedStep("export", "export", values, out))
+    assert (out / "config.json").is_file() and (out / "caregpt_export.json").is_file()
+    with pytest.raises(ConfigError, match="unknown config key 'export_sise'.*did you mean 'export_size'"):
+        run_export(PlannedStep("export", "export", {**values, "export_sise": 1}, out))
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"prompt": "q", "label": "发热三天", "prediction": "发热三天"}, ensure_ascii=False) + "\n")
+    run_eval(PlannedStep("eval", "eval", {"task": "generation", "predictions": str(predictions), "output_dir": str(tmp_path / "e")}, tmp_path / "e"))
+    report = json.loads((tmp_path / "e" / "eval_report.json").read_text())
+    assert report["metrics"]["bleu-4"] > 99

@@ -8,7 +8,6 @@ can feed another program. Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,47 +28,43 @@ class ChatBackend(Protocol):
     def stream(self, messages: list[dict[str, str]], *, model: str, temperature: float | None, top_p: float | None, max_tokens: int | None): ...
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt chat",
-        allow_abbrev=False,  # `--model` must never be read as an abbreviation of `--model_name_or_path`
-        description="Chat in the terminal with a served model (--api-base) or a local one (--model_name_or_path).\n"
-        "Piped input: one question per line, only the answers go to stdout.\n\n"
-        + COMMANDS_HELP.replace(" · ", "\n  ").replace("Commands: ", "Commands:\n  ")
-        + "\n\n" + DISCLAIMER,
-        epilog="Examples:\n"
-        "  caregpt chat --api-base http://127.0.0.1:8000/v1 --model my-adapter\n"
-        "  caregpt chat --model_name_or_path outputs/base --checkpoint_dir outputs/sft --template chatml\n"
-        "  echo 'What lowers a fever?' | caregpt chat --api-base http://127.0.0.1:8000/v1\n\n"
-        "With --model_name_or_path, other model settings of `caregpt train` are accepted too "
-        "(e.g. --quantization_bit 4, --trust_remote_code true); see `caregpt train --help`.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    api = parser.add_argument_group("served model (any OpenAI-compatible API)")
-    api.add_argument("--api-base", "--api_base", dest="api_base", metavar="URL",
-                     help="Base URL of the API, e.g. http://127.0.0.1:8000/v1 (/v1 is added when missing).")
-    api.add_argument("--api-key", "--api_key", dest="api_key", metavar="KEY",
-                     help=f"API key; default: ${' or $'.join(KEY_ENV_VARS)}. Never printed. Prefer the variable: "
-                     "a flag is visible to other users in the process list.")
-    api.add_argument("--model", metavar="NAME",
-                     help="Model or adapter name as listed by /v1/models; default: the first one listed.")
-    local = parser.add_argument_group("local model (loaded in this process)")
-    local.add_argument("--model_name_or_path", "--model-name-or-path", dest="model_name_or_path", metavar="DIR",
-                       help="Base model directory (Hugging Face format).")
-    local.add_argument("--checkpoint_dir", "--adapter_name_or_path", dest="checkpoint_dir", metavar="DIR[,DIR]",
-                       help="LoRA adapter(s) to merge into the base model, comma separated.")
-    local.add_argument("--template", metavar="NAME",
-                       help="Chat template (default, chatml, llama2, llama3, qwen, baichuan2, mistral, auto); "
-                       "default: the one the checkpoint was trained with, else the tokenizer's own (auto), else `default`.")
-    gen = parser.add_argument_group("generation")
-    gen.add_argument("--system", metavar="TEXT", default=None, help="System prompt for the conversation.")
-    gen.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature; 0 = greedy (default: 0.7).")
-    gen.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.9, help="Nucleus sampling top-p (default: 0.9).")
-    gen.add_argument("--seed", type=int, default=None,
-                     help="Seed the sampler of a local model, so a session's answers repeat run to run (answer k uses seed+k).")
-    gen.add_argument("--max_new_tokens", "--max-new-tokens", "--max_tokens", dest="max_new_tokens", type=int, default=512,
-                     help="Longest answer in tokens (default: 512).")
-    return parser
+USAGE = "caregpt chat (--api-base URL | --model_name_or_path DIR [--checkpoint_dir DIR] [--template NAME]) [--key value ...]"
+SUMMARY = (
+    "Chat in the terminal with a served model (--api-base) or a local one (--model_name_or_path: CareGPT's cli_demo flags "
+    "--model_name_or_path --checkpoint_dir --finetuning_type lora --template work unchanged). Piped input: one question "
+    "per line, only the answers go to stdout.\n\n"
+    + COMMANDS_HELP.replace(" · ", "\n  ").replace("Commands: ", "Commands:\n  ")
+    + "\n\n" + DISCLAIMER
+)
+EPILOG = (
+    "Examples:\n"
+    "  caregpt chat --api-base http://127.0.0.1:8000/v1 --model my-adapter\n"
+    "  caregpt chat --model_name_or_path outputs/base --checkpoint_dir outputs/sft --finetuning_type lora --template chatml\n"
+    "  echo 'What lowers a fever?' | caregpt chat --api-base http://127.0.0.1:8000/v1\n\n"
+    f"The API key defaults to ${' or $'.join(KEY_ENV_VARS)}. Chat samples with temperature 0.7 and top_p 0.9 unless "
+    "set (--temperature 0: greedy)."
+)
+
+
+def help_text() -> str:
+    from caregpt.chat.options import ApiArgs, ConversationArgs, LocalArgs
+    from caregpt.config.help import render_help
+    from caregpt.config.specs import GenerationArgs, ModelArgs
+
+    return render_help(USAGE, SUMMARY, [("Served model (any OpenAI-compatible API)", ApiArgs), ("Local model", ModelArgs),
+                                        ("Local model (demo flags)", LocalArgs), ("Conversation", ConversationArgs),
+                                        ("Generation", GenerationArgs)], EPILOG)
+
+
+def parse(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """The chat options through the one loader (exit 2 with the key, its source and what is valid)."""
+    from caregpt.chat.options import CHAT_DEFAULTS, check_mode, client_sections
+    from caregpt.config.loader import load_verb, resolve_spec_paths
+
+    parts, _, given = load_verb(argv, client_sections(), verb="chat", defaults=CHAT_DEFAULTS)
+    parts["model"] = resolve_spec_paths(parts["model"])
+    check_mode(parts, given, "chat")
+    return parts, given
 
 
 def _say(text: str, out: IO[str]) -> None:
@@ -169,48 +164,47 @@ def _quiet_http_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _open_backend(args: argparse.Namespace, extra: list[str], notices: IO[str]) -> tuple[ChatBackend, str]:
-    if args.api_base:
-        if extra:
-            raise ChatApiError(f"unknown option(s) {' '.join(extra)}; see `caregpt chat --help`")
-        backend = ApiChat(args.api_base, args.api_key)
+def _open_backend(parts: dict[str, Any], notices: IO[str]) -> tuple[ChatBackend, str]:
+    api = parts["api"]
+    if api.api_base:
+        backend = ApiChat(api.api_base, api.api_key)
         models = backend.list_models()  # also the check that the API is up, before the first question
-        if args.model and models and args.model not in models:
-            _say(f"note: {args.model!r} is not in /v1/models ({', '.join(models)}); using it anyway.", notices)
-        if not args.model and not models:
+        if api.model and models and api.model not in models:
+            _say(f"note: {api.model!r} is not in /v1/models ({', '.join(models)}); using it anyway.", notices)
+        if not api.model and not models:
             raise ChatApiError(f"The chat API at {backend.base_url} lists no models in /v1/models; pass --model NAME.")
-        model = args.model or models[0]
+        model = api.model or models[0]
         _say(f"Chatting with {model!r} at {backend.base_url}.", notices)
         return backend, model
-    from caregpt.chat.local import LocalChat
-    from caregpt.config.loader import parse_flags
+    from caregpt.chat.options import open_local
 
-    positional, overrides = parse_flags(extra)
-    if positional:
-        raise ChatApiError(f"unexpected argument(s) {positional}; see `caregpt chat --help`")
-    adapters = [p.strip() for p in (args.checkpoint_dir or "").split(",") if p.strip()]
-    _say(f"Loading {args.model_name_or_path}{' + ' + ', '.join(adapters) if adapters else ''} ...", notices)
-    backend = LocalChat(args.model_name_or_path, checkpoint_dir=adapters, template=args.template, extra=overrides, seed=args.seed)
+    adapters = list(parts["model"].checkpoint_dir or [])
+    _say(f"Loading {parts['model'].model_name_or_path}{' + ' + ', '.join(adapters) if adapters else ''} ...", notices)
+    backend = open_local(parts)
     _say(f"Chatting with the local model {backend.model_name!r} (template {backend.template.name!r}).", notices)
     return backend, backend.model_name
 
 
 def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
     """Entry point of `caregpt chat` (also `python -m caregpt.chat`). Returns the exit status."""
+    from caregpt.chat.options import sampling
     from caregpt.config.loader import ConfigError
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    parser = build_parser()
-    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    if bool(args.api_base) == bool(args.model_name_or_path):
-        parser.print_usage(stderr)
-        _say("caregpt chat: error: pass either --api-base URL (a served model) or --model_name_or_path DIR (a local one)", stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        stdout.write(help_text())
+        return 0
+    try:
+        parts, _ = parse(argv)
+    except ConfigError as exc:
+        _say(f"usage: {USAGE}\ncaregpt chat: error: {exc}", stderr)
         return 2
     interactive = stdin.isatty()
     notices = stdout if interactive else stderr
     _quiet_http_logs()
     try:
-        backend, model = _open_backend(args, extra, notices)
+        backend, model = _open_backend(parts, notices)
     except (ChatApiError, ConfigError) as exc:
         _say(f"caregpt chat: error: {exc}", stderr)
         return 2 if isinstance(exc, ConfigError) else 1
@@ -223,8 +217,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None, std
         import readline  # noqa: F401 - line editing and ↑ history for input(); only for a real terminal
 
         _say(f"{DISCLAIMER}\n{COMMANDS_HELP}", stdout)
-    gen = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_new_tokens}
-    repl = Repl(backend, model=model, system=args.system, gen=gen, stdin=stdin, stdout=stdout, stderr=stderr, interactive=interactive)
+    repl = Repl(backend, model=model, system=parts["conversation"].system, gen=sampling(parts["generation"]),
+                stdin=stdin, stdout=stdout, stderr=stderr, interactive=interactive)
     try:
         return repl.run()
     finally:
@@ -233,4 +227,4 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None, std
             close()  # a local model's engine thread
 
 
-__all__ = ["Delta", "Repl", "build_parser", "main"]
+__all__ = ["Delta", "Repl", "help_text", "main", "parse"]

@@ -7,13 +7,32 @@ under each field is its `--help` text (pydantic `use_attribute_docstrings`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Key roles, declared once per field (``Annotated[type, key(...)]``) and read by resume naming
+# (train/launch.py), Ray Tune (tune/space.py) and the tokenized cache (data/prepare.py):
+#   shaping      changes what is trained (the default): part of the run name's hash
+#   operational  where / how a run goes, not what it learns: a rerun with another value resumes
+#   data         enters the tokenized data (the cache fingerprint); also shapes the model
+ROLES = ("shaping", "operational", "data")
 
 
-def _split_commas(value: Any) -> Any:
-    """`a,b` on the command line and `[a, b]` in YAML mean the same list."""
+def key(role: str = "shaping", *, path: str | None = None, tune: str | None = None) -> Any:
+    """Field metadata: role, path ("in": must exist, made absolute; "out": made absolute), and why Tune may not search it."""
+    if role not in ROLES:
+        raise ValueError(f"unknown key role {role!r}")
+    extra = {"role": role}
+    if path:
+        extra["path"] = path
+    if tune:
+        extra["tune"] = tune
+    return Field(json_schema_extra=extra)
+
+
+def split_commas(value: Any) -> Any:
+    """`a,b` on the command line and `[a, b]` in YAML mean the same list (every spec's list fields)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -21,29 +40,55 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-class _Spec(BaseModel):
+class Spec(BaseModel):
+    """Base of every option spec: the docstring under a field is its `--help` text; unknown keys are refused."""
+
     model_config = ConfigDict(
         use_attribute_docstrings=True,
         extra="forbid",
         validate_assignment=True,
         protected_namespaces=(),
+        populate_by_name=True,
     )
 
 
+_Spec = Spec
+
+
+def pick(spec: type[BaseModel], names: tuple[str, ...], title: str, **defaults: Any) -> type[Spec]:
+    """A spec made of some fields of another, declared once there (type, docstring, metadata); `defaults`
+    replace their defaults (e.g. None: "unset, use what the checkpoint recorded")."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name in names:
+        info = spec.model_fields[name]._copy()
+        annotation = info.annotation
+        if name in defaults:
+            info.default = defaults[name]
+            annotation = annotation | None if defaults[name] is None else annotation
+        fields[name] = (annotation, info)
+    return create_model(title, __base__=Spec, **fields)
+OPS = key("operational")
+DATA = key("data")
+WHERE = "sets where or how a trial runs, not what it learns: set it once in the base config"
+GEN = key("operational", tune="is how answers are generated, not what is trained")
+
+
 class ModelArgs(_Spec):
-    model_name_or_path: str | None = None
+    model_name_or_path: Annotated[str | None, key("data", path="in")] = None
     """Base model: a local Hugging Face model directory (or a hub id where a hub is reachable)."""
 
-    checkpoint_dir: list[str] | None = None
+    checkpoint_dir: Annotated[list[str] | None, key(path="in")] = None
     """Adapter checkpoint(s) to load on top of the base model, comma separated (CareGPT spelling)."""
 
-    adapter_name_or_path: list[str] | None = None
+    adapter_name_or_path: Annotated[list[str] | None, key(path="in")] = None
     """Alias of checkpoint_dir (LLaMA-Factory spelling)."""
 
-    trust_remote_code: bool = False
+    trust_remote_code: Annotated[bool, DATA] = False
     """Allow model code shipped inside the model directory to run. Off unless you trust the source."""
 
-    use_fast_tokenizer: bool = True
+    use_fast_tokenizer: Annotated[bool, DATA] = True
     """Use the Rust (fast) tokenizer."""
 
     quantization_bit: int | None = None
@@ -58,7 +103,7 @@ class ModelArgs(_Spec):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
     """Attention kernel. FlashAttention needs a GPU and the flash-attn package."""
 
-    use_cache: bool = False
+    use_cache: Annotated[bool, OPS] = False
     """Keep the KV cache during training (accepted for compatibility; training turns it off)."""
 
     @field_validator("quantization_bit")
@@ -71,7 +116,7 @@ class ModelArgs(_Spec):
     @field_validator("checkpoint_dir", "adapter_name_or_path", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split_commas(value)
+        return split_commas(value)
 
     @model_validator(mode="after")
     def _merge_adapter_alias(self) -> ModelArgs:
@@ -81,67 +126,67 @@ class ModelArgs(_Spec):
 
 
 class DataArgs(_Spec):
-    dataset: list[str] | None = None
+    dataset: Annotated[list[str] | None, DATA] = None
     """Dataset names from dataset_info.json (or paths to data files), comma separated."""
 
-    dataset_dir: str = "data"
+    dataset_dir: Annotated[str, key("data", path="in")] = "data"
     """Folder that holds dataset_info.json and the data files it names."""
 
-    dataset_info: str | None = None
+    dataset_info: Annotated[str | None, key("data", path="in")] = None
     """Registry file to use instead of DATASET_DIR/dataset_info.json; file names stay relative to dataset_dir."""
 
-    template: str = "default"
+    template: Annotated[str, DATA] = "default"
     """Chat template: auto (the tokenizer's own), default, llama2, llama3, chatml, qwen, baichuan2, mistral."""
 
-    system: str | None = None
+    system: Annotated[str | None, DATA] = None
     """System prompt for every SFT / preference record that has none of its own."""
 
-    cutoff_len: int = 1024
+    cutoff_len: Annotated[int, DATA] = 1024
     """Maximum tokens per training sequence; longer records are truncated (sft) or split (pt)."""
 
-    max_samples: int | None = None
+    max_samples: Annotated[int | None, DATA] = None
     """Use at most this many records from each dataset (for quick runs)."""
 
-    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    mix_strategy: Annotated[Literal["concat", "interleave_under", "interleave_over"], DATA] = "concat"
     """How several datasets combine: one after the other, or interleaved (stop at the shortest / longest)."""
 
-    interleave_probs: list[float] | None = None
+    interleave_probs: Annotated[list[float] | None, DATA] = None
     """Sampling probabilities per dataset for interleaving, comma separated."""
 
-    overwrite_cache: bool = False
+    overwrite_cache: Annotated[bool, key("operational", tune="changes the tokenized data (prepared once for all trials) or the model it comes from")] = False
     """Re-tokenize even if a prepared (tokenized) copy of the data exists."""
 
-    tokenized_path: str | None = None
+    tokenized_path: Annotated[str | None, key("operational", path="out", tune="changes the tokenized data (prepared once for all trials) or the model it comes from")] = None
     """Where `caregpt data prepare` writes / training reads the tokenized parquet copy."""
 
-    preprocessing_num_workers: int | None = None
+    preprocessing_num_workers: Annotated[int | None, key("operational", tune="changes the tokenized data (prepared once for all trials) or the model it comes from")] = None
     """Parallel tokenizer workers in the Ray Data pipeline (default: one per available CPU)."""
 
-    packing: bool = False
+    packing: Annotated[bool, DATA] = False
     """Pack several samples into each sequence without cross-attention between them (removes padding)."""
 
-    val_size: float = 0.0
+    val_size: Annotated[float, key(tune="changes the held-out split or the seed, so trials' metrics would not be comparable")] = 0.0
     """Fraction (<1) or count (>=1) of records held out for evaluation."""
 
-    skip_invalid: bool = False
+    skip_invalid: Annotated[bool, key(tune="changes the tokenized data (prepared once for all trials) or the model it comes from")] = False
     """Train on the valid records when some are invalid (they are counted and reported), instead of refusing."""
 
-    deidentify: bool = False
+    deidentify: Annotated[bool, DATA] = False
     """Mask personal identifiers (names in clinical context, ID numbers, phones, emails, addresses, record
     numbers, dates) in every record as it is read, before templating and tokenization (see `caregpt data deid`)."""
 
-    streaming: bool = False
+    streaming: Annotated[bool, OPS] = False
     """Accepted for compatibility: the Ray Data pipeline always streams."""
 
     @field_validator("dataset", mode="before")
     @classmethod
     def _dataset_list(cls, value: Any) -> Any:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("interleave_probs", mode="before")
     @classmethod
     def _probs_list(cls, value: Any) -> Any:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("cutoff_len")
     @classmethod
@@ -152,7 +197,7 @@ class DataArgs(_Spec):
 
 
 class FinetuneArgs(_Spec):
-    stage: Literal["pt", "sft", "rm", "dpo", "ppo"] = "sft"
+    stage: Annotated[Literal["pt", "sft", "rm", "dpo", "ppo"], key(tune="fixes the stage: one stage per experiment")] = "sft"
     """Training stage: pretraining, supervised fine-tuning, reward model, DPO or PPO."""
 
     finetuning_type: Literal["lora", "freeze", "full"] = "lora"
@@ -174,7 +219,7 @@ class FinetuneArgs(_Spec):
     """With finetuning_type freeze: how many of the last decoder layers train."""
 
     resume_lora_training: bool = True
-    """Keep training the adapter in checkpoint_dir (true) or merge it and start a new one (false)."""
+    """Keep training the adapter in checkpoint_dir (true) or merge it and start a new one (false). On a quantised base (quantization_bit) a single adapter is never merged: it keeps training, as in CareGPT."""
 
     dpo_beta: float = 0.1
     """DPO temperature beta."""
@@ -182,7 +227,7 @@ class FinetuneArgs(_Spec):
     dpo_loss: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
     """DPO loss variant."""
 
-    reward_model: str | None = None
+    reward_model: Annotated[str | None, key(path="in")] = None
     """PPO: path of the reward model trained by the rm stage (a sequence-classification model or adapter dir)."""
 
     reward_function: str | None = None
@@ -215,7 +260,7 @@ class FinetuneArgs(_Spec):
     @field_validator("lora_target", mode="before")
     @classmethod
     def _targets(cls, value: Any) -> Any:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("lora_rank")
     @classmethod
@@ -230,28 +275,29 @@ class FinetuneArgs(_Spec):
 
 
 class TrainArgs(_Spec):
-    do_train: bool = True
-    """Train (accepted for train_bash.py compatibility)."""
+    do_train: Annotated[bool | None, OPS] = None
+    """Train. Default: true, unless --do_predict or --do_eval asks for a prediction / evaluation run instead."""
 
-    do_eval: bool = False
-    """Evaluate on the held-out split (val_size) after training."""
+    do_eval: Annotated[bool, OPS] = False
+    """With do_train: evaluate on the held-out split (val_size). Without: score generated answers on the dataset
+    (BLEU-4, ROUGE-1/2/L) into output_dir/eval_results.json, training nothing (needs predict_with_generate)."""
 
-    do_predict: bool = False
-    """Run batch prediction instead of training."""
+    do_predict: Annotated[bool, OPS] = False
+    """Batch prediction instead of training: output_dir/generated_predictions.jsonl and predict_results.json."""
 
-    output_dir: str = "outputs/run"
+    output_dir: Annotated[str, key(path="out", tune=WHERE)] = "outputs/run"
     """Where the adapter / model, resolved config, logs and plots go."""
 
-    overwrite_output_dir: bool = False
+    overwrite_output_dir: Annotated[bool, OPS] = False
     """Allow writing into a non-empty output_dir that holds a finished run."""
 
     learning_rate: float = 5e-5
     """Peak learning rate (AdamW)."""
 
-    num_train_epochs: float = 3.0
+    num_train_epochs: Annotated[float, key(tune="is the training budget, which the ASHA scheduler manages: set it once in the base config")] = 3.0
     """Passes over the data (fractions allowed); ignored when max_steps > 0."""
 
-    max_steps: int = -1
+    max_steps: Annotated[int, key(tune="is the training budget, which the ASHA scheduler manages: set it once in the base config")] = -1
     """Total optimizer steps; overrides num_train_epochs when > 0."""
 
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = "cosine"
@@ -284,19 +330,19 @@ class TrainArgs(_Spec):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
 
-    logging_steps: int = 10
+    logging_steps: Annotated[int, OPS] = 10
     """Log loss / learning rate / throughput every N optimizer steps."""
 
-    save_steps: int = 500
+    save_steps: Annotated[int, OPS] = 500
     """Checkpoint every N optimizer steps."""
 
-    eval_steps: int | None = None
+    eval_steps: Annotated[int | None, OPS] = None
     """Evaluate every N steps (default: save_steps) when do_eval is on."""
 
-    save_total_limit: int | None = None
+    save_total_limit: Annotated[int | None, OPS] = None
     """Keep only this many checkpoints (alias of num_to_keep)."""
 
-    seed: int = 42
+    seed: Annotated[int, key(tune="changes the held-out split or the seed, so trials' metrics would not be comparable")] = 42
     """Random seed for initialisation, shuffling and dropout."""
 
     fp16: bool = False
@@ -305,51 +351,118 @@ class TrainArgs(_Spec):
     bf16: bool = False
     """Mixed precision with bfloat16 (Ampere+ GPU or CPU)."""
 
-    plot_loss: bool = False
+    plot_loss: Annotated[bool, OPS] = False
     """Save a loss curve PNG in output_dir."""
 
-    predict_with_generate: bool = False
-    """With do_predict: generate answers (accepted for compatibility; prediction always generates)."""
+    predict_with_generate: Annotated[bool, OPS] = False
+    """Generate answers when predicting / evaluating (prediction always generates; do_eval without do_train needs it)."""
 
-    max_new_tokens: int = 512
-    """Generation length for prediction / evaluation."""
+    report_to: Annotated[list[Literal["none", "tensorboard", "wandb", "mlflow"]], OPS] = ["none"]
+    """Extra loggers besides Ray and trainer_log.jsonl, comma separated: tensorboard (event files in
+    OUTPUT_DIR/runs, from rank 0), wandb, mlflow (each needs its package installed), or none."""
 
-    report_to: str = "none"
-    """Extra loggers (tensorboard, wandb...); metrics always go to Ray and trainer_log.jsonl."""
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _loggers(cls, value: Any) -> Any:
+        return split_commas(value)
 
     @model_validator(mode="after")
     def _precision(self) -> TrainArgs:
         if self.fp16 and self.bf16:
             raise ValueError("fp16 and bf16 are mutually exclusive: choose one")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ValueError(f"report_to lists none together with {[r for r in self.report_to if r != 'none']}: choose none or the loggers")
         return self
+
+    @property
+    def trains(self) -> bool:
+        """do_train as resolved: unset means train unless a prediction / evaluation run was asked for."""
+        return self.do_train if self.do_train is not None else not (self.do_predict or self.do_eval)
+
+    @property
+    def loggers(self) -> list[str]:
+        return [r for r in self.report_to if r != "none"]
+
+
+class GenerationArgs(_Spec):
+    """How answers are decoded: one spec for predict, eval, chat and serve (`temperature: 0.7` in any of their YAMLs).
+
+    Unset do_sample means: sample when temperature (> 0), top_p or top_k is given, else decode greedily.
+    """
+
+    max_new_tokens: Annotated[int, key(tune="is how answers are generated (PPO: experience length): set it once in the base config")] = Field(default=512, ge=1)
+    """Longest generated answer in tokens."""
+
+    do_sample: Annotated[bool | None, GEN] = None
+    """Sample (true) or decode greedily (false, deterministic). Default: sample when a temperature > 0, top_p or top_k is given."""
+
+    temperature: Annotated[float | None, GEN] = Field(default=None, ge=0.0)
+    """Sampling temperature (default 1.0 when sampling; 0 means greedy decoding)."""
+
+    top_p: Annotated[float | None, GEN] = Field(default=None, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the most likely tokens up to this probability mass (default 1.0)."""
+
+    top_k: Annotated[int | None, GEN] = Field(default=None, ge=0)
+    """Sample among the k most likely tokens (default 50; 0: no limit)."""
+
+    repetition_penalty: Annotated[float, GEN] = Field(default=1.0, gt=0.0)
+    """Penalise repeated tokens; > 1 discourages repetition, 1 is off."""
+
+    @model_validator(mode="after")
+    def _sampling(self) -> GenerationArgs:
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("temperature=0 must be > 0 with do_sample (or drop do_sample for greedy decoding)")
+        knobs = [k for k in ("temperature", "top_p", "top_k") if getattr(self, k) not in (None, 0)]
+        if self.do_sample is False and knobs:
+            raise ValueError(f"do_sample false decodes greedily, so {', '.join(knobs)} would be ignored: drop them or do_sample false")
+        return self
+
+    @property
+    def sampling(self) -> bool:
+        if self.do_sample is not None:
+            return self.do_sample
+        if self.temperature is not None:
+            return self.temperature > 0
+        return self.top_p is not None or bool(self.top_k)
+
+    def resolved(self) -> dict[str, Any]:
+        """Concrete decoding settings (what the generation code takes)."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.sampling,
+            "temperature": self.temperature if self.temperature else 1.0,
+            "top_p": self.top_p if self.top_p is not None else 1.0,
+            "top_k": self.top_k if self.top_k is not None else 50,
+            "repetition_penalty": self.repetition_penalty,
+        }
 
 
 class RayArgs(_Spec):
-    ray_address: str | None = None
+    ray_address: Annotated[str | None, OPS] = None
     """Ray cluster to run on (`auto`, `ray://host:10001`, ...). Default: RAY_ADDRESS, else an embedded local Ray."""
 
-    num_workers: int = 1
+    num_workers: Annotated[int, key(tune=WHERE)] = 1
     """Ray Train workers (one per GPU on a GPU cluster)."""
 
-    use_gpu: bool = False
+    use_gpu: Annotated[bool, key(tune=WHERE)] = False
     """Give each worker a GPU."""
 
-    resources_per_worker: dict[str, float] | None = None
+    resources_per_worker: Annotated[dict[str, float] | None, key(tune=WHERE)] = None
     """Resources per worker, e.g. {"CPU": 4, "GPU": 1}."""
 
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    placement_strategy: Annotated[Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"], OPS] = "PACK"
     """How workers are placed across nodes."""
 
-    deepspeed: str | None = None
+    deepspeed: Annotated[str | None, key(path="in", tune=WHERE)] = None
     """DeepSpeed ZeRO stage (2 or 3) or a path to a DeepSpeed JSON config."""
 
-    storage_path: str | None = None
+    storage_path: Annotated[str | None, key("operational", path="out")] = None
     """Where Ray Train keeps checkpoints (shared storage on multi-node). Default: OUTPUT_DIR/ray."""
 
-    num_to_keep: int | None = None
+    num_to_keep: Annotated[int | None, OPS] = None
     """Checkpoints kept by Ray Train (oldest removed first)."""
 
-    max_failures: int = 0
+    max_failures: Annotated[int, OPS] = 0
     """Worker failures tolerated; the run restarts from the latest checkpoint."""
 
     @field_validator("deepspeed", mode="before")
@@ -363,6 +476,7 @@ GROUPS: dict[str, type[_Spec]] = {
     "data": DataArgs,
     "finetune": FinetuneArgs,
     "train": TrainArgs,
+    "generation": GenerationArgs,
     "ray": RayArgs,
 }
 
@@ -376,6 +490,7 @@ class RunConfig(BaseModel):
     data: DataArgs = DataArgs()
     finetune: FinetuneArgs = FinetuneArgs()
     train: TrainArgs = TrainArgs()
+    generation: GenerationArgs = GenerationArgs()
     ray: RayArgs = RayArgs()
 
     def flat(self) -> dict[str, Any]:
@@ -384,6 +499,18 @@ class RunConfig(BaseModel):
         for group in GROUPS:
             out.update(getattr(self, group).model_dump(mode="json"))
         return out
+
+
+def field_meta(name: str) -> dict[str, Any]:
+    """The metadata of a flat key: role (shaping | operational | data), path (in | out), tune (why it is fixed)."""
+    spec = GROUPS[key_owner()[name]]
+    extra = spec.model_fields[name].json_schema_extra
+    return {"role": "shaping", **(extra if isinstance(extra, dict) else {})}
+
+
+def keys_with(**wanted: str) -> tuple[str, ...]:
+    """Flat keys whose metadata matches, e.g. keys_with(role="operational"), keys_with(path="in")."""
+    return tuple(k for k in key_owner() if all(field_meta(k).get(m) == v for m, v in wanted.items()))
 
 
 def key_owner() -> dict[str, str]:

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caregpt.config.specs import RunConfig
+from caregpt.config.specs import RunConfig, keys_with
 from caregpt.data.check import DataReport, count_records, require_valid
 from caregpt.data.pipeline import DataPlan, build_records, plan_data, tokenize_records
 
 MANIFEST = "caregpt_tokenized.json"
+DATA_KEYS = keys_with(role="data")  # the keys that change the tokens
 
 
 def default_cache_root() -> Path:
@@ -41,22 +42,17 @@ def _tokenizer_identity(tokenizer_path: str) -> str:
 
 
 def fingerprint(config: RunConfig, plan: DataPlan, tokenizer_path: str) -> str:
-    data = config.data
-    key = {
-        "kind": plan.kind,
-        "datasets": [_file_identity(a.path) if a.load_from == "file" else a.path for a in plan.attrs],
-        "columns": [a.columns for a in plan.attrs],
-        "tokenizer": _tokenizer_identity(tokenizer_path),
-        "template": data.template,
-        "system": data.system,
-        "cutoff_len": data.cutoff_len,
-        "packing": data.packing,
-        "deidentify": data.deidentify,
-        "max_samples": data.max_samples,
-        "mix": [data.mix_strategy, data.interleave_probs],
-        "version": 1,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    """Every key declared role="data" (config/specs.py) plus what the files and the tokenizer really hold."""
+    flat = config.flat()
+    key = {name: flat[name] for name in DATA_KEYS if name not in ("model_name_or_path", "dataset", "dataset_dir", "dataset_info")}
+    key.update(
+        kind=plan.kind,
+        datasets=[_file_identity(a.path) if a.load_from == "file" else a.path for a in plan.attrs],
+        columns=[a.columns for a in plan.attrs],
+        tokenizer=_tokenizer_identity(tokenizer_path),  # the model directory's tokenizer files, not its path
+        version=2,
+    )
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prepared_path(config: RunConfig, plan: DataPlan, tokenizer_path: str, cache_root: Path | None = None) -> Path:

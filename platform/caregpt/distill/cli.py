@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import textwrap
 from collections.abc import Sequence
-from typing import Any, Literal, get_args, get_origin
 
 from caregpt.config.loader import ConfigError
 from caregpt.distill.config import DistillConfig, load_distill_config
@@ -25,29 +23,10 @@ SUMMARY = (
 )
 
 
-def _type_name(annotation: Any) -> str:
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    if get_origin(annotation) is Literal:
-        return "{" + "|".join(str(a) for a in args) + "}"
-    if args and get_origin(annotation) is not list:
-        return " | ".join(_type_name(a) for a in args)
-    if get_origin(annotation) is list:
-        return "list (comma separated)"
-    return getattr(annotation, "__name__", str(annotation))
+def help_text() -> str:
+    from caregpt.config.help import render_help
 
-
-def help_text(width: int = 100) -> str:
-    lines = [USAGE, "", textwrap.fill(SUMMARY, width), "", "Options (YAML keys or --key value flags):"]
-    for name, field in DistillConfig.model_fields.items():
-        default = field.default
-        shown = ""
-        if default is not None and not (isinstance(default, str) and len(default) > 40):
-            shown = f" (default: {default})"
-        elif isinstance(default, str):
-            shown = " (default: a built-in Chinese medical prompt)"
-        lines.append(f"  --{name} {_type_name(field.annotation)}{shown}")
-        lines.extend(textwrap.wrap(" ".join((field.description or "").split()), width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
-    return "\n".join(lines)
+    return render_help(USAGE.removeprefix("usage: "), SUMMARY, [("Distill (YAML keys or --key value flags)", DistillConfig)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,21 +6,18 @@ Order of precedence: defaults < YAML file < `--key value` flags.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from caregpt.config.loader import ConfigError, nearest_key, parse_flags, read_yaml
+from caregpt.config.loader import ConfigError
+from caregpt.config.specs import key
+from caregpt.config.specs import split_commas as _split_commas
 from caregpt.distill import templates as T
 
 Kind = Literal["sft", "multiturn", "preference", "kb_document"]
 
 
-def _split_commas(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class DistillConfig(BaseModel):
@@ -34,7 +31,7 @@ class DistillConfig(BaseModel):
     seeds: list[str] | None = None
     """Seed inputs (topics, departments, symptoms or questions): a YAML list, or comma separated on the command line."""
 
-    seeds_file: str | None = None
+    seeds_file: Annotated[str | None, key(path="in")] = None
     """Seeds from a file: .txt (one per line), .jsonl or .json (strings, or objects: see seed_field)."""
 
     seed_field: str | None = None
@@ -43,10 +40,10 @@ class DistillConfig(BaseModel):
     seed_dataset: str | None = None
     """Seeds from a registered dataset (name in dataset_info.json, or a data file): the last user turn of each record."""
 
-    dataset_dir: str = "data"
+    dataset_dir: Annotated[str, key(path="in")] = "data"
     """Folder holding dataset_info.json: where seed_dataset is looked up and the output is registered."""
 
-    dataset_info: str | None = None
+    dataset_info: Annotated[str | None, key(path="in")] = None
     """Registry file to use instead of DATASET_DIR/dataset_info.json."""
 
     max_seeds: int | None = None
@@ -129,7 +126,7 @@ class DistillConfig(BaseModel):
     """multiturn / preference: extra tries when the reply is not the requested JSON (dialogue) or verdict (judge)."""
 
     # ---- output
-    output_dir: str = "outputs/distill"
+    output_dir: Annotated[str, key(path="out")] = "outputs/distill"
     """Where raw.jsonl (the resume log), the dataset file, failures.jsonl, filtered.jsonl and report.json go."""
 
     dataset_name: str = "distilled"
@@ -240,54 +237,16 @@ class DistillConfig(BaseModel):
         return -(-self.concurrency // self.num_actors)
 
 
-def _coerce(value: Any) -> Any:
-    # a flag value like [a, b] or {"x": 1} is YAML/JSON text; plain strings stay strings for pydantic
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
-    return value
-
-
 def build_distill_config(values: dict[str, tuple[Any, str]]) -> DistillConfig:
-    """values: key -> (value, where it came from). Unknown keys and bad values name the key and the fix."""
-    known = list(DistillConfig.model_fields)
-    given: dict[str, Any] = {}
-    for key, (value, source) in values.items():
-        if key not in DistillConfig.model_fields:
-            hint = nearest_key(key, known)
-            raise ConfigError(f"unknown distill key {key!r} ({source})" + (f"; did you mean {hint!r}?" if hint else "; see `caregpt distill --help`"))
-        given[key] = _coerce(value)
-    try:
-        return DistillConfig(**given)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err.get("type") == "literal_error" and "expected" in err.get("ctx", {}):
-                msg = f"must be one of {err['ctx']['expected']}"
-            if not err["loc"]:
-                lines.append(f"invalid distill settings: {msg}")
-                continue
-            key = str(err["loc"][0])
-            source = values.get(key, (None, "default value"))[1]
-            shown = f"{key}={given[key]!r}" if key in given else key
-            lines.append(f"invalid {shown} ({source}): {msg}")
-        raise ConfigError("; ".join(lines)) from None
+    """values: key -> (value, where it came from), through the one validation path of every verb."""
+    from caregpt.config.loader import build_sections
+
+    return build_sections(values, {"distill": DistillConfig}, "distill")["distill"]
 
 
 def load_distill_config(argv: list[str]) -> DistillConfig:
-    """`[CONFIG.yaml] [--key value ...]`."""
-    positional, flags = parse_flags(argv)
-    yaml_files = [p for p in positional if p.endswith((".yaml", ".yml"))]
-    extra = [p for p in positional if p not in yaml_files]
-    if extra or len(yaml_files) > 1:
-        raise ConfigError(f"expected at most one CONFIG.yaml and --key value options, got {extra or yaml_files}")
-    values: dict[str, tuple[Any, str]] = {}
-    if yaml_files:
-        for key, value in read_yaml(yaml_files[0]).items():
-            values[str(key)] = (value, f"from {yaml_files[0]}")
-    for key, value in flags.items():
-        values[key] = (value, "from the command line")
-    return build_distill_config(values)
+    """`[CONFIG.yaml] [--key value ...]` through the one loader."""
+    from caregpt.config.loader import gather, resolve_spec_paths, split_argv
+
+    config_path, _, flags = split_argv(argv)
+    return resolve_spec_paths(build_distill_config(gather(config_path, flags)))

@@ -10,15 +10,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Literal
 
-from caregpt.config.loader import ConfigError, nearest_key
+from pydantic import AliasChoices, Field
+
+from caregpt.config.loader import ConfigError
+from caregpt.config.specs import DataArgs, GenerationArgs, ModelArgs, Spec, pick
 
 logger = logging.getLogger("caregpt.eval")
 
@@ -57,43 +60,58 @@ examples:
   caregpt eval compare outputs/eval/cmmlu-0shot outputs/eval/cmmlu-5shot"""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # noqa: D102 - a user mistake: one line, exit 2 via the main CLI
-        raise ConfigError(f"{message} (see `caregpt eval --help`)")
+class EvalArgs(Spec):
+    task: Literal["generation", "choice"]
+    """What to evaluate: generation (BLEU / ROUGE of a predictions file) or choice (a multiple-choice exam)."""
+
+    output_dir: str | None = None
+    """Where the report and per-item files go (default: the predictions file's folder for generation,
+    outputs/eval/choice-DATA_NAME for choice)."""
+
+    predictions: str | None = None
+    """generation: jsonl with prompt, label, prediction per line (generated_predictions.jsonl)."""
+
+    data: str | None = None
+    """choice: exam jsonl to score (question, options, answer, subject; optional id)."""
+
+    method: Literal["likelihood", "generate"] = "likelihood"
+    """choice: option-letter likelihood, or generate-then-parse."""
+
+    n_shot: int = Field(default=0, ge=0)
+    """choice: worked examples before each question: the first ones of the same subject from --dev, or from --data
+    itself without the scored item."""
+
+    dev: str | None = None
+    """choice: jsonl to take the --n_shot examples from (e.g. the exam's dev split)."""
+
+    max_samples: int | None = Field(default=None, ge=1)
+    """choice: score only the first N items (after --max_per_subject)."""
+
+    max_per_subject: int | None = Field(default=None, ge=1)
+    """choice: score only the first N items of each subject."""
+
+    batch_size: int = Field(default=8, ge=1, validation_alias=AliasChoices("batch_size", "per_device_eval_batch_size"))
+    """choice: questions per forward pass / generate call (alias: per_device_eval_batch_size)."""
+
+    device: str | None = None
+    """choice: cpu, cuda, cuda:1 ... (default: cuda when available)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    usage = "caregpt eval --task {generation,choice,triage,safety,deid} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
-    p = _Parser(prog="caregpt eval", usage=usage, add_help=False, description=DESCRIPTION, epilog=EXAMPLES,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("generation", "choice"), help="what to evaluate (required)")
-    p.add_argument("--output_dir", help="where the report and per-item files go (default: the predictions file's "
-                   "folder for generation, outputs/eval/choice-DATA_NAME for choice)")
-    g = p.add_argument_group("generation")
-    g.add_argument("--predictions", help="jsonl with prompt, label, prediction per line (generated_predictions.jsonl)")
-    c = p.add_argument_group("choice")
-    c.add_argument("--data", help="exam jsonl to score (question, options, answer, subject; optional id)")
-    c.add_argument("--model_name_or_path", help="base model directory (default: the one recorded in the adapter's "
-                   "caregpt_config.yaml)")
-    c.add_argument("--checkpoint_dir", "--adapter_name_or_path", dest="checkpoint_dir",
-                   help="LoRA adapter directory(ies) to apply, comma separated, in training order")
-    c.add_argument("--template", help="chat template (default: the adapter's training template, else `default`); "
-                   "see `caregpt train --help` for the names")
-    c.add_argument("--method", choices=("likelihood", "generate"), default="likelihood",
-                   help="option-letter likelihood (default) or generate-then-parse")
-    c.add_argument("--n_shot", type=int, default=0, help="worked examples before each question (default 0): the "
-                   "first ones of the same subject from --dev, or from --data itself without the scored item")
-    c.add_argument("--dev", help="jsonl to take the --n_shot examples from (e.g. the exam's dev split)")
-    c.add_argument("--max_samples", type=int, help="score only the first N items (after --max_per_subject)")
-    c.add_argument("--max_per_subject", type=int, help="score only the first N items of each subject")
-    c.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=8,
-                   help="questions per forward pass / generate call (default 8)")
-    c.add_argument("--max_new_tokens", type=int, default=32, help="reply length for --method generate (default 32)")
-    c.add_argument("--cutoff_len", type=int, help="longest prompt in tokens (default: the model's max positions); "
-                   "longer prompts drop shots first, then lose their beginning (counted in the report)")
-    c.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    c.add_argument("--trust_remote_code", action="store_true", help="allow model code shipped in the model directory")
-    return p
+# the model keys and template / cutoff_len are the run config's own fields (declared once, in config/specs.py);
+# unset here means "what the adapter recorded" (template) or "the model's max positions" (cutoff_len)
+EvalModel = pick(ModelArgs, ("model_name_or_path", "checkpoint_dir", "adapter_name_or_path", "trust_remote_code"), "EvalModel")
+EvalPrompt = pick(DataArgs, ("template", "cutoff_len"), "EvalPrompt", template=None, cutoff_len=None)
+EvalGeneration = pick(GenerationArgs, ("max_new_tokens",), "EvalGeneration", max_new_tokens=32)  # greedy: no sampling keys
+SECTIONS = {"eval": EvalArgs, "model": EvalModel, "prompt": EvalPrompt, "generation": EvalGeneration}
+USAGE = "caregpt eval --task {generation,choice,triage,safety,deid} [--key value ...]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
+
+
+def help_text() -> str:
+    from caregpt.config.help import render_help
+
+    return render_help(USAGE, DESCRIPTION, [("Evaluation", EvalArgs), ("Model (choice)", EvalModel), ("Prompt (choice)", EvalPrompt),
+                                                 ("Generation (choice --method generate; greedy)", EvalGeneration)],
+                       EXAMPLES + "\n\n--task triage, safety and deid: see `caregpt eval --task triage --help`.")
 
 
 def _normalise(argv: list[str]) -> list[str]:
@@ -107,22 +125,34 @@ def _normalise(argv: list[str]) -> list[str]:
     return out
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        known = [o for a in parser._actions for o in a.option_strings]
-        hints = [f"{e!r}" + (f" (did you mean {h!r}?)" if (h := nearest_key(e.split("=")[0], known)) else "") for e in extra]
-        raise ConfigError(f"unknown argument(s) {', '.join(hints)}; see `caregpt eval --help`")
-    if args.task is None:
+def _parse(argv: list[str]) -> SimpleNamespace:
+    from caregpt.config.loader import load_verb
+
+    if not any(a == "--task" or a.startswith("--task=") for a in argv):
         raise ConfigError("--task is required: --task generation (with --predictions) or --task choice (with --data); "
                           "or `caregpt eval compare RUN_DIR...`")
-    for name in ("n_shot", "max_samples", "max_per_subject", "batch_size", "max_new_tokens", "cutoff_len"):
-        value = getattr(args, name)
-        lowest = 0 if name == "n_shot" else 1
-        if value is not None and value < lowest:
-            raise ConfigError(f"--{name} must be a whole number >= {lowest}, got {value}")
-    return args
+    parts, _, _ = load_verb(argv, SECTIONS, verb="eval")
+    return _namespace(parts)
+
+
+def evaluate(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The eval verb as a typed call (the pipeline's eval step): flat option values -> the report."""
+    from caregpt.config.loader import build_sections
+
+    args = _namespace(build_sections({k: (v, f"from {source}") for k, v in values.items()}, SECTIONS, "eval"))
+    return run_generation(args) if args.task == "generation" else run_choice(args)
+
+
+def _namespace(parts: dict[str, Any]) -> SimpleNamespace:
+    from caregpt.config.loader import resolve_spec_paths
+
+    model = resolve_spec_paths(parts["model"])
+    if parts["prompt"].cutoff_len is not None and parts["prompt"].cutoff_len < 1:
+        raise ConfigError(f"--cutoff_len must be a whole number >= 1, got {parts['prompt'].cutoff_len}")
+    checkpoint = model.checkpoint_dir or model.adapter_name_or_path
+    return SimpleNamespace(**parts["eval"].model_dump(), **parts["prompt"].model_dump(), **parts["generation"].model_dump(),
+                           model_name_or_path=model.model_name_or_path, trust_remote_code=model.trust_remote_code,
+                           checkpoint_dir=",".join(checkpoint) if checkpoint else None)
 
 
 # ---- generation ---------------------------------------------------------------------------------
@@ -161,7 +191,7 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def run_generation(args: argparse.Namespace) -> dict[str, Any]:
+def run_generation(args: SimpleNamespace) -> dict[str, Any]:
     from caregpt.eval.metrics import METRIC_KEYS, generation_scores, per_example_scores
     from caregpt.eval.report import write_report
 
@@ -194,7 +224,7 @@ def _progress(total: int):
     return tick
 
 
-def run_choice(args: argparse.Namespace) -> dict[str, Any]:
+def run_choice(args: SimpleNamespace) -> dict[str, Any]:
     from caregpt.eval.choice import ChoiceSettings, checkpoint_defaults, format_accuracy, load_eval_model, score_items, summarize
     from caregpt.eval.choice_data import load_items, subset
     from caregpt.eval.report import write_report
@@ -268,7 +298,7 @@ def main(argv: list[str]) -> int:
     """`caregpt eval ...`; returns the exit code, raises ConfigError for user mistakes."""
     argv = _normalise(list(argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(build_parser().format_help())
+        print(help_text())
         return 0 if argv else 2
     for i, arg in enumerate(argv):  # the medical tasks live with the medical layer (caregpt.medical)
         task = arg.split("=", 1)[1] if arg.startswith("--task=") else argv[i + 1] if arg == "--task" and i + 1 < len(argv) else None
@@ -286,7 +316,7 @@ def main(argv: list[str]) -> int:
         print(compare(argv[1:]), end="")
         return 0
     if any(a in ("-h", "--help") for a in argv):
-        print(build_parser().format_help())
+        print(help_text())
         return 0
     args = _parse(argv)
     report = run_generation(args) if args.task == "generation" else run_choice(args)

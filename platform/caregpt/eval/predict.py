@@ -32,6 +32,7 @@ logger = logging.getLogger("caregpt.eval.predict")
 
 PREDICTIONS_NAME = "generated_predictions.jsonl"
 RESULTS_NAME = "predict_results.json"
+EVAL_RESULTS_NAME = "eval_results.json"  # `--do_eval --predict_with_generate` without do_train, as CareGPT names it
 # fields of a source record copied to its prediction line, so results can be sliced (per department...)
 CARRIED_FIELDS = ("id", "department", "sub_department", "subset", "subject", "category")
 MAX_EXAMPLES = 5
@@ -70,7 +71,12 @@ class PredictOutcome:
         return int(self.results["invalid"])
 
 
-def plan_prediction(config: RunConfig) -> PredictPlan:
+def settings_for(config: RunConfig) -> GenerationSettings:
+    """The run config's generation group (the shared sampling spec) as the actors take it."""
+    return GenerationSettings(**config.generation.resolved())
+
+
+def plan_prediction(config: RunConfig, mode: str = "predict") -> PredictPlan:
     """Every check that can fail before a single actor starts; raises ConfigError saying what to fix."""
     from caregpt.data.formats import check_stage_kind
     from caregpt.data.templates import get_template
@@ -100,8 +106,9 @@ def plan_prediction(config: RunConfig) -> PredictPlan:
         check_file(attr)
         check_stage_kind("sft", attr)  # prediction needs prompts with reference answers
     output_dir = Path(config.train.output_dir).resolve()
-    if (output_dir / PREDICTIONS_NAME).exists() and not config.train.overwrite_output_dir:
-        raise ConfigError(f"{output_dir / PREDICTIONS_NAME} already exists: pass --overwrite_output_dir to replace it, or choose another output_dir")
+    result = output_dir / (EVAL_RESULTS_NAME if mode == "eval" else PREDICTIONS_NAME)
+    if result.exists() and not config.train.overwrite_output_dir:
+        raise ConfigError(f"{result} already exists: pass --overwrite_output_dir to replace it, or choose another output_dir")
     if config.train.do_eval:
         try:
             from caregpt.eval.metrics import generation_scores  # noqa: F401 - fail now, not after generating
@@ -240,12 +247,21 @@ def write_predictions(dataset, path: Path) -> dict[str, Any]:
     return {"counts": counts, "examples": examples, "invalid_by_dataset": invalid_by_dataset, "predictions": predictions, "labels": labels}
 
 
-def run_prediction(config: RunConfig, settings: GenerationSettings | None = None) -> PredictOutcome:
-    """Plan on the driver, run the actor pool, write generated_predictions.jsonl and predict_results.json."""
+def run_prediction(config: RunConfig, settings: GenerationSettings | None = None, mode: str = "predict") -> PredictOutcome:
+    """Plan on the driver, run the actor pool, write generated_predictions.jsonl and predict_results.json.
+
+    mode "eval" (CareGPT's `--do_eval --predict_with_generate` without training) scores the answers and
+    writes them as eval_* metrics to eval_results.json instead.
+    """
     from caregpt.runtime import ensure_ray
 
-    settings = settings or GenerationSettings(max_new_tokens=config.train.max_new_tokens)
-    plan = plan_prediction(config)
+    from caregpt.train.launch import precision_note
+
+    settings = settings or settings_for(config)
+    plan = plan_prediction(config, mode)
+    note = precision_note(config, "predicts")
+    if note:
+        logger.warning(note)
     ensure_ray(config.ray.ray_address)
     _warn_if_no_gpus(config)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -254,16 +270,19 @@ def run_prediction(config: RunConfig, settings: GenerationSettings | None = None
     runtime = time.monotonic() - started
     counts = written["counts"]
     results: dict[str, Any] = {}
-    if config.train.do_eval and counts["predicted"]:
+    prefix = "eval" if mode == "eval" else "predict"
+    if (config.train.do_eval or mode == "eval") and counts["predicted"]:
         from caregpt.eval.metrics import generation_scores
 
         scores = generation_scores(written["predictions"], written["labels"])
-        results.update({f"predict_{key}": value for key, value in scores.items()})
+        results.update({f"{prefix}_{key}": value for key, value in scores.items()})
+    results.update({
+        f"{prefix}_samples": counts["predicted"],
+        f"{prefix}_runtime": round(runtime, 3),
+        f"{prefix}_samples_per_second": round(counts["predicted"] / max(runtime, 1e-9), 3),
+        f"{prefix}_tokens_per_second": round(counts["new_tokens"] / max(runtime, 1e-9), 3),
+    })
     results.update(
-        predict_samples=counts["predicted"],
-        predict_runtime=round(runtime, 3),
-        predict_samples_per_second=round(counts["predicted"] / max(runtime, 1e-9), 3),
-        predict_tokens_per_second=round(counts["new_tokens"] / max(runtime, 1e-9), 3),
         **counts,
         invalid_by_dataset=written["invalid_by_dataset"],
         invalid_examples=written["examples"],
@@ -274,7 +293,8 @@ def run_prediction(config: RunConfig, settings: GenerationSettings | None = None
         num_workers=config.ray.num_workers,
         config=config.flat(),  # not caregpt_config.yaml: output_dir may be a training dir whose config must stay
     )
-    (plan.output_dir / RESULTS_NAME).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+    results_name = EVAL_RESULTS_NAME if mode == "eval" else RESULTS_NAME
+    (plan.output_dir / results_name).write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
     _log_summary(plan, counts, written["examples"], runtime)
     return PredictOutcome(output_dir=plan.output_dir, results=results, invalid_examples=written["examples"])
 

@@ -1,15 +1,14 @@
 """`caregpt predict [CONFIG.yaml] [--key value ...]`: batch prediction with CareGPT's flags.
 
 CareGPT's predict command (`train_bash.py --do_predict --predict_with_generate ...`) runs with
-`caregpt predict` in its place. Sampling flags that have no place in a training config
-(--do_sample, --temperature, --top_p, --top_k, --repetition_penalty) are read here; everything else is the
-run config. When model_name_or_path or template is not given, the ones the (last) adapter was trained
+`caregpt predict` (or `caregpt train`) in its place. Sampling keys (--do_sample, --temperature, --top_p,
+--top_k, --repetition_penalty, --max_new_tokens) are the run config's generation group, so they work in a
+YAML file too. When model_name_or_path or template is not given, the ones the (last) adapter was trained
 with are used, from the caregpt_config.yaml that training wrote beside it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -31,60 +30,23 @@ SUMMARY = (
     "      --max_new_tokens 128 --output_dir OUT"
 )
 
-SAMPLING_HELP = """Sampling options (prediction only):
-  --do_sample [true|false]   sample instead of greedy decoding (default: false; greedy is deterministic)
-  --temperature float        sampling temperature (default: 1.0)
-  --top_p float              nucleus sampling mass (default: 1.0)
-  --top_k int                sample among the k most likely tokens (default: 50)
-  --repetition_penalty float penalise repeated tokens, >1 discourages (default: 1.0: off)
-"""
-
 # the run-config groups that matter to prediction (finetune: for quantised bases / stage compatibility)
-HELP_GROUPS = ("model", "data", "train", "ray")
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value not in _TRUE | {"0", "false", "no", "off"}:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value in _TRUE
-
-
-def _sampling_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--do_sample", "--do-sample", type=_bool, nargs="?", const=True, default=False)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_p", "--top-p", type=float, default=1.0)
-    parser.add_argument("--top_k", "--top-k", type=int, default=50)
-    parser.add_argument("--repetition_penalty", "--repetition-penalty", type=float, default=1.0)
-    return parser
+HELP_GROUPS = ("model", "data", "generation", "train", "ray")
 
 
 def help_text() -> str:
-    from caregpt.config.help import options_help
+    from caregpt.config.help import render_help, run_sections
 
-    return f"usage: caregpt predict [CONFIG.yaml] [--key value ...]\n\n{SUMMARY}\n\n{SAMPLING_HELP}\n{options_help(HELP_GROUPS)}"
+    return render_help("caregpt predict [CONFIG.yaml] [--key value ...]", SUMMARY, run_sections(HELP_GROUPS))
 
 
 def parse(argv: list[str]):
-    """(RunConfig, GenerationSettings) from `[CONFIG.yaml] [--key value ...]`."""
-    from caregpt.eval.generation import GenerationSettings
+    """(RunConfig, GenerationSettings) from `[CONFIG.yaml] [--key value ...]`: one loader, sampling keys included."""
+    from caregpt.eval.predict import settings_for
     from caregpt.models.adapter_check import load_with_checkpoint_defaults
 
-    sampling, rest = _sampling_parser().parse_known_args(argv)
-    config, _ = load_with_checkpoint_defaults(rest)
-    settings = GenerationSettings(
-        max_new_tokens=config.train.max_new_tokens,
-        do_sample=sampling.do_sample,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        repetition_penalty=sampling.repetition_penalty,
-    )
-    if settings.do_sample and settings.temperature <= 0:
-        raise ConfigError(f"--temperature {settings.temperature} must be > 0 with --do_sample (or drop --do_sample for greedy)")
-    return config, settings
+    config, _ = load_with_checkpoint_defaults(argv, "predict")
+    return config, settings_for(config)
 
 
 def main(argv: list[str] | None = None) -> int:

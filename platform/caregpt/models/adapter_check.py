@@ -125,25 +125,18 @@ def checkpoint_defaults(adapters: list[str], model: str | None = None) -> dict[s
     return recorded_settings(adapters, model)
 
 
-def load_with_checkpoint_defaults(argv: list[str]) -> tuple[Any, set[str]]:
-    """`[CONFIG.yaml] [--key value ...]` like load_from_argv, plus checkpoint_defaults for unset keys.
+def load_with_checkpoint_defaults(argv: list[str], verb: str = "predict", extra: dict[str, Any] | None = None) -> tuple[Any, set[str]]:
+    """`[CONFIG.yaml] [--key value ...]` through the one loader, plus checkpoint_defaults for unset keys.
 
     Returns (RunConfig, the keys the user set or the checkpoint supplied), so a caller can tell a
-    chosen value from a spec default.
+    chosen value from a spec default. `extra`: more spec sections of the verb (name -> spec), whose
+    validated models come back as a third item.
     """
-    from caregpt.config.loader import build_config, parse_flags, read_yaml
+    from caregpt.config.loader import build_sections, gather, resolve_paths, split_argv
+    from caregpt.config.specs import GROUPS, RunConfig
 
-    positional, flags = parse_flags(argv)
-    yaml_files = [p for p in positional if p.endswith((".yaml", ".yml"))]
-    extra = [p for p in positional if p not in yaml_files]
-    if extra:
-        raise ConfigError(f"unexpected argument(s) {extra}: pass options as --key value, and at most one CONFIG.yaml")
-    if len(yaml_files) > 1:
-        raise ConfigError(f"one config file at a time, got {yaml_files}")
-    values: dict[str, tuple[Any, str]] = {}
-    if yaml_files:
-        values.update({str(k): (v, f"from {yaml_files[0]}") for k, v in read_yaml(yaml_files[0]).items()})
-    values.update({k: (v, "from the command line") for k, v in flags.items()})
+    config_path, _, flags = split_argv(argv)
+    values = gather(config_path, flags)
     adapters = values.get("checkpoint_dir", values.get("adapter_name_or_path", (None, "")))[0]
     if isinstance(adapters, str):
         adapters = [a.strip() for a in adapters.split(",") if a.strip()]
@@ -154,7 +147,11 @@ def load_with_checkpoint_defaults(argv: list[str]) -> tuple[Any, set[str]]:
             where = f"{adapters[-1] if adapters else model}/{RESOLVED_CONFIG_NAME}"
             logger.info("%s=%s (from %s)", key, value, where)
             values[key] = (value, f"from {where}")
-    return build_config(values), set(values)
+    parts = build_sections(values, {**GROUPS, **(extra or {})}, verb)
+    config = resolve_paths(RunConfig(**{g: parts[g] for g in GROUPS}))
+    if extra:
+        return config, set(values), {name: parts[name] for name in extra}
+    return config, set(values)
 
 
 def _module_fits(module: nn.Module, kind: str, shape: list[int]) -> str | None:

@@ -89,6 +89,10 @@ def adapter_plan(config: Any) -> tuple[list[str], str | None]:
     adapters = list(config.model.checkpoint_dir or [])
     if adapters and config.finetune.finetuning_type == "lora" and config.finetune.resume_lora_training:
         return adapters[:-1], adapters[-1]
+    if len(adapters) == 1 and config.finetune.finetuning_type == "lora" and config.model.quantization_bit:
+        # CareGPT's rule: a quantised base cannot take merged weights, so its single adapter keeps training
+        # (DPO after a QLoRA SFT: the reference is this network with the adapter switched off)
+        return [], adapters[0]
     return adapters, None
 
 

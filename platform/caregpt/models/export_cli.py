@@ -3,17 +3,20 @@
 CareGPT's export command (`export_model.py --model_name_or_path BASE --template T --finetuning_type lora
 --checkpoint_dir ADAPTER --output_dir OUT`) runs with `caregpt export` in its place. The export-only
 flags (--export_size, --export_dtype, --overwrite; --export_dir as LLaMA-Factory's name for output_dir)
-are read here; the rest is the usual run config, so a training YAML works too. Unset
+are the export section of the one loader; the rest is the usual run config, so a training YAML works too. Unset
 model_name_or_path / template come from the adapter's caregpt_config.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from typing import Literal
+
+from pydantic import Field
 
 from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec
 
 SUMMARY = (
     "Merge LoRA adapters (checkpoint_dir, comma separated, applied in order; QLoRA adapters too: the base is loaded in "
@@ -28,51 +31,50 @@ SUMMARY = (
     "Then: transformers.AutoModelForCausalLM.from_pretrained('MERGED'), or caregpt predict --model_name_or_path MERGED"
 )
 
-EXPORT_HELP = """Export options:
-  --output_dir DIR (alias --export_dir)   where the merged model goes (required; must be empty unless --overwrite)
-  --export_size float                     largest safetensors shard, in GB (default: 2)
-  --export_dtype {auto|float32|float16|bfloat16}
-                                          weight dtype of the export; auto keeps the base model's (default: auto)
-  --overwrite                             replace the contents of a non-empty output_dir
-"""
+class ExportArgs(Spec):
+    export_dir: str | None = None
+    """LLaMA-Factory's name for output_dir: where the merged model goes (must be empty unless --overwrite)."""
 
-HELP_GROUPS = ("model",)
+    export_size: float = Field(default=2.0, gt=0)
+    """Largest safetensors shard, in GB."""
+
+    export_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weight dtype of the export; auto keeps the base model's."""
+
+    overwrite: bool = False
+    """Replace the contents of a non-empty output_dir."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--export_size", "--export-size", type=float, default=2.0)
-    parser.add_argument("--export_dtype", "--export-dtype", default="auto")
-    parser.add_argument("--export_dir", "--export-dir", default=None)
-    parser.add_argument("--overwrite", action="store_true")
-    return parser
+HELP_GROUPS = ("model", "data", "finetune")
 
 
 def help_text() -> str:
-    from caregpt.config.help import options_help
+    from caregpt.config.help import render_help, run_sections
 
-    return (
-        f"usage: caregpt export [CONFIG.yaml] [--key value ...]\n\n{SUMMARY}\n\n{EXPORT_HELP}\n"
-        f"{options_help(HELP_GROUPS)}  --template name  chat template written into the tokenizer "
-        "(default, llama2, llama3, chatml, qwen, baichuan2, mistral, auto)\n\n"
-        "Other run-config keys (e.g. from a training YAML) are accepted and recorded in caregpt_config.yaml."
-    )
+    return render_help("caregpt export [CONFIG.yaml] [--key value ...]", SUMMARY, [("Export", ExportArgs), *run_sections(HELP_GROUPS)],
+                       "Other run-config keys (e.g. from a training YAML) are accepted and recorded in caregpt_config.yaml; "
+                       "see `caregpt train --help`.")
 
 
 def parse(argv: list[str]):
-    """(RunConfig, export keyword arguments) from the command line."""
+    """(RunConfig, export keyword arguments) from the command line, through the one loader."""
     from caregpt.models.adapter_check import load_with_checkpoint_defaults
 
-    args, rest = _parser().parse_known_args(argv)
-    if args.export_dir:
-        rest += ["--output_dir", args.export_dir]
-    config, given = load_with_checkpoint_defaults(rest)
+    config, given, extra = load_with_checkpoint_defaults(argv, "export", {"export": ExportArgs})
+    options = extra["export"]
+    if options.export_dir:
+        if "output_dir" in given:
+            raise ConfigError("pass one of --output_dir and --export_dir (the same setting), not both")
+        from caregpt.config.loader import resolve_paths
+
+        config = resolve_paths(config.model_copy(update={"train": config.train.model_copy(update={"output_dir": options.export_dir})}))
+        given.add("output_dir")
     if "output_dir" not in given:
         raise ConfigError("output_dir is required: pass --output_dir DIR (a new or empty directory for the merged model)")
     if not config.model.model_name_or_path:
         raise ConfigError("model_name_or_path is required (the base model the adapters were trained on): pass --model_name_or_path DIR")
     template = config.data.template if "template" in given else None
-    return config, {"export_size": args.export_size, "export_dtype": args.export_dtype, "overwrite": args.overwrite, "template": template}
+    return config, {"export_size": options.export_size, "export_dtype": options.export_dtype, "overwrite": options.overwrite, "template": template}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ Command line: ``python -m caregpt.models.tiny --preset tiny --corpus FILE [FILE 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -300,28 +299,12 @@ def build_tiny_model(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m caregpt.models.tiny",
-        description="Build a small Llama-architecture model from scratch (tokenizer trained on a local corpus).",
-    )
-    parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(PRESETS)} (default: tiny)")
-    parser.add_argument("--corpus", nargs="+", required=True, help=".txt/.json/.jsonl/.csv files")
-    parser.add_argument("--output", required=True, help="output model directory")
-    parser.add_argument("--vocab-size", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path = build_tiny_model(
-        args.preset,
-        args.corpus,
-        args.output,
-        vocab_size=args.vocab_size,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
-    print(path)
-    return 0
+    """`python -m caregpt.models.tiny ...` is `caregpt new-model ...` (one loader, one set of options)."""
+    import sys
+
+    from caregpt.cli import main as caregpt_main
+
+    return caregpt_main(["new-model", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

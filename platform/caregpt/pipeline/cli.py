@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
 
 from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec, split_commas
 from caregpt.pipeline.spec import KIND_HELP
 
 EPILOG = "step kinds (`uses:`):\n" + "\n".join(f"  {k:<10} {v}" for k, v in KIND_HELP.items()) + """
@@ -17,22 +20,46 @@ output inside any value. Running the same command again skips finished steps and
 training step from its checkpoint. See jobs/configs/pipeline_demo.yaml."""
 
 
+class RunArgs(Spec):
+    only: list[str] | None = None
+    """Step names to run, comma separated (the others are left as they are)."""
+
+    force_from: str | None = Field(default=None, validation_alias=AliasChoices("from", "force_from"))
+    """--from STEP: run this step and every later one again, even if finished."""
+
+    dry_run: bool = False
+    """Resolve and validate every step, print the plan, run nothing."""
+
+    verbose: bool = False
+    """Show Ray's and the libraries' logs here (default: they go to run_dir/logs/, named at the end)."""
+
+    @field_validator("only", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return split_commas(value)
+
+
+USAGE = "caregpt run PIPELINE.yaml [--only STEP[,STEP]] [--from STEP] [--dry-run] [--verbose]"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="caregpt run", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pipeline", help="the pipeline YAML (run_dir, defaults, steps)")
-    parser.add_argument("--only", default=None, help="comma-separated step names to run (others are left as they are)")
-    parser.add_argument("--from", dest="force_from", default=None, metavar="STEP",
-                        help="run this step and every later one again, even if finished")
-    parser.add_argument("--dry-run", action="store_true", help="resolve and validate every step, print the plan, run nothing")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show Ray's and the libraries' logs here (default: they go to run_dir/logs/, named at the end)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(USAGE, (__doc__ or "").strip() + " PIPELINE.yaml holds run_dir, defaults and steps.", [("Run", RunArgs)], EPILOG))
+        return 0
+    parts, positional, _ = load_verb(argv, {"run": RunArgs}, verb="run", positional=1, config_file=False)
+    pipeline = positional[0] if positional else None
+    if not pipeline:
+        raise ConfigError("the pipeline YAML is required: caregpt run PIPELINE.yaml (see jobs/configs/pipeline_demo.yaml)")
+    args = parts["run"]
 
     from caregpt.pipeline.plan import plan
     from caregpt.pipeline.spec import load_pipeline
 
-    spec = load_pipeline(args.pipeline)
+    spec = load_pipeline(pipeline)
     if args.dry_run:
         for i, step in enumerate(plan(spec), 1):
             print(f"{i}. {step.name} ({step.uses}) -> {step.output_dir}")
@@ -44,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from caregpt.console import default_log_path, quiet_internals
 
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    only = args.only or None
     if args.verbose:
         os.environ["CAREGPT_VERBOSE"] = "1"
     try:

@@ -8,8 +8,10 @@ pipeline mid-sft and re-running it skips the finished steps and continues sft wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from caregpt.console import is_quiet
 from caregpt.pipeline.plan import PlannedStep, plan
 from caregpt.pipeline.report import SHOWN, collect_metrics, write_report
 from caregpt.pipeline.spec import PipelineSpec
@@ -38,27 +41,8 @@ class StepRecord:
     error: str = ""
 
 
-def _argv(values: dict[str, Any]) -> list[str]:
-    """Options as `--key value` flags: True is a bare switch, False/None are left out, lists comma-joined."""
-    argv: list[str] = []
-    for key, value in values.items():
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(f"--{key}")
-        elif isinstance(value, (list, tuple)):
-            argv += [f"--{key}", ",".join(str(v) for v in value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
-def _call(main: Callable[[list[str]], int], argv: list[str], what: str) -> None:
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"{what} exited with status {code}")
+def _values(values: dict[str, Any], source: str) -> dict[str, tuple[Any, str]]:
+    return {k: (v, source) for k, v in values.items()}
 
 
 def run_new_model(step: PlannedStep) -> None:
@@ -91,30 +75,51 @@ def run_prepare(step: PlannedStep) -> None:
 
 
 def run_tune(step: PlannedStep) -> None:
-    from caregpt.tune.cli import main
+    from caregpt.tune.run import run_tune as tune
+    from caregpt.tune.space import load_tune_values
 
-    step.output_dir.mkdir(parents=True, exist_ok=True)
-    path = step.output_dir / "tune_config.yaml"
-    path.write_text(yaml.safe_dump(step.values, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    _call(main, [str(path)], f"tune step {step.name!r}")
+    _config, base_values, spec = load_tune_values(step.values, f"tune step {step.name!r}")
+    outcome = tune(base_values, spec)
+    if outcome.summary.best is None:
+        raise RuntimeError(f"tune step {step.name!r}: no trial reported {spec.metric} (see {outcome.experiment_path})")
 
 
-def run_verb(module: str, prefix: tuple[str, ...] = ()) -> Callable[[PlannedStep], None]:
-    def runner(step: PlannedStep) -> None:
-        import contextlib
+def run_predict(step: PlannedStep) -> None:
+    """The predict verb as a typed call: the step's values are its run config (generation keys included)."""
+    from caregpt.config.loader import build_config, resolve_paths
+    from caregpt.eval.predict import run_prediction
+
+    config = resolve_paths(build_config(_values(step.values, f"predict step {step.name!r}"), "predict"))
+    outcome = run_prediction(config)
+    if outcome.invalid and not config.data.skip_invalid:
+        raise RuntimeError(f"predict step {step.name!r}: {outcome.invalid} invalid record(s) were not predicted (skip_invalid: true accepts that)")
+
+
+def run_export(step: PlannedStep) -> None:
+    from caregpt.config.loader import build_sections, resolve_paths
+    from caregpt.config.specs import GROUPS, RunConfig
+    from caregpt.models.export import export_model
+    from caregpt.models.export_cli import ExportArgs
+
+    parts = build_sections(_values(step.values, f"export step {step.name!r}"), {**GROUPS, "export": ExportArgs}, "export")
+    config = resolve_paths(RunConfig(**{g: parts[g] for g in GROUPS}))
+    options = parts["export"]
+    template = config.data.template if "template" in step.values else None
+    export_model(config, export_size=options.export_size, export_dtype=options.export_dtype, overwrite=options.overwrite, template=template)
+
+
+def run_eval(step: PlannedStep) -> None:
+    if step.values.get("task") in ("triage", "safety", "deid"):  # the medical layer's tasks keep their own entry point
         import importlib
-        import sys
 
-        from caregpt.console import is_quiet
+        argv = [f"--{k}={v}" for k, v in step.values.items() if v is not None]
+        code = importlib.import_module("caregpt.medical.eval_cli").main(argv)
+        if code:
+            raise RuntimeError(f"eval step {step.name!r} exited with status {code}")
+        return
+    from caregpt.eval.cli import evaluate
 
-        main = importlib.import_module(module).main
-        # a quiet run shows the step's key numbers on its `done` line; the command's own printout (a metrics
-        # dump, a table) goes to the log with the rest, and its results are in the step's files
-        printout = contextlib.redirect_stdout(sys.stderr) if is_quiet() else contextlib.nullcontext()
-        with printout:
-            _call(main, [*prefix, *_argv(step.values)], f"{step.uses} step {step.name!r}")
-
-    return runner
+    evaluate(step.values, f"eval step {step.name!r}")
 
 
 def run_deploy(step: PlannedStep) -> None:
@@ -128,11 +133,14 @@ RUNNERS: dict[str, Callable[[PlannedStep], None]] = {
     **{stage: run_train for stage in ("pt", "sft", "rm", "dpo", "ppo")},
     "prepare": run_prepare,
     "tune": run_tune,
-    "predict": run_verb("caregpt.eval.predict_cli"),
-    "eval": run_verb("caregpt.eval.cli"),
-    "export": run_verb("caregpt.models.export_cli"),
+    "predict": run_predict,
+    "eval": run_eval,
+    "export": run_export,
     "deploy": run_deploy,
 }
+
+# steps whose printout is the point (training progress lines, the deployed answer) keep it on the terminal
+QUIET_EXEMPT = {"new-model", "pt", "sft", "rm", "dpo", "ppo", "prepare", "tune", "deploy"}
 
 
 def _key_numbers(metrics: dict[str, Any], most: int = 4) -> str:
@@ -192,7 +200,11 @@ def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, force_fro
             yaml.safe_dump({"uses": step.uses, **step.values}, allow_unicode=True, sort_keys=False), encoding="utf-8")
         start = time.perf_counter()
         try:
-            RUNNERS[step.uses](step)
+            # a quiet run shows the step's key numbers on its `done` line; a verb's own printout (a metrics
+            # dump, a table) goes to the log with the rest, and its results are in the step's files
+            printout = contextlib.redirect_stdout(sys.stderr) if is_quiet() and step.uses not in QUIET_EXEMPT else contextlib.nullcontext()
+            with printout:
+                RUNNERS[step.uses](step)
         except BaseException as exc:
             record.status, record.seconds, record.error = "failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
             write_report(spec, records)

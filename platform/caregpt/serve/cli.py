@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -40,19 +39,11 @@ SUMMARY = (
 )
 
 
-def options_help(width: int = 100) -> str:
+def _help() -> str:
+    from caregpt.config.help import render_help
     from caregpt.serve.config import ServeConfig
 
-    lines = ["options:"]
-    for name, field in ServeConfig.model_fields.items():
-        default = "required" if field.is_required() else f"default: {field.default}"
-        lines.append(f"  --{name} ({default})")
-        lines.extend(textwrap.wrap(field.description or "", width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
-    return "\n".join(lines)
-
-
-def _help() -> str:
-    return f"{USAGE}\n\n" + textwrap.fill(SUMMARY, 100) + "\n\n" + options_help()
+    return render_help(USAGE.removeprefix("usage: "), SUMMARY, [("Serve", ServeConfig)])
 
 
 def _overrides(serve_doc: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -141,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedded = embedded and not ray.is_initialized()
     ensure_ray(config.ray_address)
     # host / port: a flag wins over the Serve config's http_options, which win over the defaults
-    from caregpt.config.loader import parse_flags
+    from caregpt.config.loader import split_argv
 
-    flags = parse_flags(argv)[1]
+    flags = split_argv(argv)[2]
     http = {"host": config.host, "port": config.port, **http_options}
     http.update({key: getattr(config, key) for key in ("host", "port") if key in flags})
     name = app_entry.get("name", config.app_name)

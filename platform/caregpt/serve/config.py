@@ -10,33 +10,35 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from caregpt.config.loader import ConfigError, nearest_key, parse_flags, read_yaml
+from caregpt.config.loader import ConfigError, read_yaml
+from caregpt.config.specs import key
+from caregpt.config.specs import split_commas as _split_commas
 
 API_KEYS_ENV = "CAREGPT_API_KEYS"
 
 
-def _split_commas(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid", protected_namespaces=())
 
     # ---- model --------------------------------------------------------------------------------
-    model_name_or_path: str
+    model_name_or_path: Annotated[str, key(path="in")]
     """Model to serve: a local Hugging Face model directory (a merged/exported model, or the base of checkpoint_dir)."""
 
-    checkpoint_dir: list[str] | None = None
+    checkpoint_dir: Annotated[list[str] | None, key(path="in")] = None
     """LoRA adapter(s) merged into the base at load time, comma separated (CareGPT's base + adapter serving)."""
 
-    adapter_name_or_path: list[str] | None = None
+    adapter_name_or_path: Annotated[list[str] | None, key(path="in")] = None
     """Alias of checkpoint_dir (LLaMA-Factory spelling)."""
+
+    finetuning_type: Literal["lora", "freeze", "full"] = "lora"
+    """How checkpoint_dir was trained (CareGPT's api_demo flag): lora adapters are merged into the base at load. A freeze
+    / full fine-tune is a whole model: serve it as model_name_or_path, without checkpoint_dir."""
 
     template: str | None = None
     """Chat template. Default: the one recorded in caregpt_config.yaml beside the checkpoint, else the tokenizer's own (auto), else default."""
@@ -44,7 +46,7 @@ class ServeConfig(BaseModel):
     served_model_name: str | None = None
     """Name clients put in `model` for the base model. Default: the model directory's name."""
 
-    adapters_dir: str | None = None
+    adapters_dir: Annotated[str | None, key(path="in")] = None
     """Folder whose direct subfolders (each with adapter_config.json) are LoRA adapters served by name through multiplexing."""
 
     max_loaded_adapters: int = Field(default=4, ge=1)
@@ -122,7 +124,7 @@ class ServeConfig(BaseModel):
     api_keys: list[str] | None = None
     """Accepted API keys (Authorization: Bearer KEY), comma separated. Also read from the CAREGPT_API_KEYS environment variable. None set = no auth."""
 
-    api_keys_file: str | None = None
+    api_keys_file: Annotated[str | None, key(path="in")] = None
     """File with one accepted API key per line (keeps keys out of configs that the dashboard shows)."""
 
     cors_allow_origins: list[str] = ["*"]
@@ -154,7 +156,7 @@ class ServeConfig(BaseModel):
     retriever_num_cpus: float = Field(default=0.25, ge=0)
     """CPUs reserved per retriever replica (the retrieval deployment scales apart from the model)."""
 
-    triage_guides: str | None = None
+    triage_guides: Annotated[str | None, key(path="in")] = None
     """Department guide JSON for POST /v1/triage (e.g. hospital_guide_departments.json with its catalog beside it)."""
 
     # ---- HTTP front (caregpt.serve.front) --------------------------------------------------------
@@ -260,6 +262,9 @@ class ServeConfig(BaseModel):
     def _consistent(self) -> ServeConfig:
         if self.adapter_name_or_path and not self.checkpoint_dir:
             object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        if self.checkpoint_dir and self.finetuning_type != "lora":
+            raise ValueError(f"finetuning_type={self.finetuning_type} with checkpoint_dir: a {self.finetuning_type} fine-tune is a "
+                             "whole model, pass it as --model_name_or_path (checkpoint_dir holds LoRA adapters)")
         if self.colocate_router and self.adapters_dir:
             raise ValueError("colocate_router needs a single-model app: adapters_dir uses the separate model deployment (Serve multiplexing)")
         if self.num_replicas is None and self.min_replicas > self.max_replicas:
@@ -287,19 +292,10 @@ class ServeConfig(BaseModel):
 
 
 def build_serve_config(values: dict[str, Any], source: str = "settings") -> ServeConfig:
-    unknown = [k for k in values if k not in ServeConfig.model_fields]
-    if unknown:
-        hints = [f"{k!r} (did you mean {h!r}?)" if (h := nearest_key(k, list(ServeConfig.model_fields))) else repr(k) for k in unknown]
-        raise ConfigError(f"unknown serve setting(s) {', '.join(hints)} in {source}; run `caregpt serve --help` for the valid keys")
-    try:
-        return ServeConfig(**values)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "settings"
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: missing (pass --{key} ...)" if err["type"] == "missing" else f"{key}={values.get(key, '')!r}: {msg}")
-        raise ConfigError(f"invalid serve settings ({source}): " + "; ".join(problems)) from None
+    """Flat settings (a Serve config's `args`, a pipeline step) through the one validation path."""
+    from caregpt.config.loader import build_sections
+
+    return build_sections({k: (v, f"from {source}") for k, v in values.items()}, {"serve": ServeConfig}, "serve")["serve"]
 
 
 def load_serve_config(argv: list[str]) -> tuple[ServeConfig, dict[str, Any] | None]:
@@ -308,23 +304,29 @@ def load_serve_config(argv: list[str]) -> tuple[ServeConfig, dict[str, Any] | No
     A YAML file is either flat serve settings, or a Ray Serve config (`applications:` list) whose
     single application's `args` are the settings; flags override either.
     """
-    positional, flags = parse_flags(argv)
-    if len(positional) > 1 or (positional and not positional[0].endswith((".yaml", ".yml"))):
-        raise ConfigError(f"unexpected argument(s) {positional}: pass one CONFIG.yaml and options as --key value")
-    values: dict[str, Any] = {}
+    from caregpt.config.loader import build_sections, resolve_spec_paths, split_argv
+
+    config_path, _, flags = split_argv(argv)
+    values: dict[str, tuple[Any, str]] = {}
     serve_doc = None
-    if positional:
-        doc = read_yaml(positional[0])
+    if config_path:
+        doc = read_yaml(config_path)
         if "applications" in doc:
             apps = doc.get("applications") or []
             if len(apps) != 1:
-                raise ConfigError(f"{positional[0]}: caregpt serve runs one application, the file lists {len(apps)}")
+                raise ConfigError(f"{config_path}: caregpt serve runs one application, the file lists {len(apps)}")
             serve_doc = doc
-            values.update(apps[0].get("args") or {})
+            values.update({k: (v, f"from {config_path} (args)") for k, v in (apps[0].get("args") or {}).items()})
         else:
-            values.update(doc)
-    values.update(flags)
-    config = build_serve_config(values, positional[0] if positional else "the command line")
-    if serve_doc is not None:
-        serve_doc["applications"][0]["args"] = {k: v for k, v in values.items()}
+            values.update({k: (v, f"from {config_path}") for k, v in doc.items()})
+    values.update({k: (v, "from the command line") for k, v in flags.items()})
+    config = resolve_spec_paths(build_sections(values, {"serve": ServeConfig}, "serve")["serve"])
+    if config.knowledge_bases:  # name -> directory: the directories resolve like every other path
+        base = Path.cwd()
+        config = config.model_copy(update={"knowledge_bases": {
+            name: str((base / d).resolve()) if (base / d).exists() else d for name, d in config.knowledge_bases.items()}})
+    if serve_doc is not None:  # the replicas get the paths as resolved here (absolute), the rest as given
+        paths = {k for k, f in ServeConfig.model_fields.items() if isinstance(f.json_schema_extra, dict) and "path" in f.json_schema_extra}
+        paths.add("knowledge_bases")
+        serve_doc["applications"][0]["args"] = {k: getattr(config, k) if k in paths else v for k, (v, _) in values.items()}
     return config, serve_doc

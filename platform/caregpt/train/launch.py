@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from caregpt.config.loader import ConfigError, config_to_json, save_resolved
-from caregpt.config.specs import RunConfig
+from caregpt.config.specs import RunConfig, keys_with
 
 logger = logging.getLogger(__name__)
 
-# Keys that do not change what is trained: changing them must not start a new run.
-OPERATIONAL_KEYS = {"overwrite_output_dir", "ray_address", "max_failures", "num_to_keep", "storage_path", "save_total_limit", "plot_loss", "overwrite_cache", "preprocessing_num_workers", "report_to", "do_train", "logging_steps"}
+# Keys that do not change what is trained (declared as field metadata in config/specs.py): changing them
+# must not start a new run.
+OPERATIONAL_KEYS = frozenset(keys_with(role="operational"))
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 SUPPORTED_STAGES = ("pt", "sft", "rm", "dpo", "ppo")
 
 
@@ -62,11 +64,40 @@ def _resources(config: RunConfig) -> tuple[dict[str, float] | None, int | None]:
     return {"CPU": 1}, max(1, (os.cpu_count() or 1) // config.ray.num_workers)
 
 
+def check_loggers(config: RunConfig) -> None:
+    """report_to: every logger named must be importable here (and so, in one environment, on the workers)."""
+    import importlib.util
+
+    if config.train.loggers and config.finetune.stage == "ppo":
+        raise ConfigError(f"report_to={','.join(config.train.report_to)} is not available for the ppo stage (its metrics go to "
+                          "trainer_log.jsonl and Ray): drop report_to")
+    missing = [name for name in config.train.loggers if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None]
+    if missing:
+        hint = " ".join(LOGGER_PACKAGES[m] for m in missing)
+        raise ConfigError(f"report_to={','.join(config.train.report_to)} needs {', '.join(missing)}, which is not installed: "
+                          f"pip install {hint} (or drop it from report_to)")
+
+
+def precision_note(config: RunConfig, doing: str = "trains") -> str | None:
+    """One line saying which precision a CPU run really uses when --fp16 / --bf16 asks for another."""
+    if config.ray.use_gpu:
+        return None
+    if config.train.fp16:
+        return (f"fp16 needs a GPU (float16 mixed precision with loss scaling); this CPU run (use_gpu false) {doing} in "
+                "float32 instead. Pass --use_gpu on a GPU cluster" + (", or --bf16 for bfloat16 autocast on CPU" if doing == "trains" else ""))
+    if config.train.bf16:
+        if doing != "trains":
+            return f"bf16 on CPU: this run {doing} in float32 (bfloat16 only speeds up training here)"
+        return "bf16 on CPU: weights stay float32, matrix products run in bfloat16 autocast (torch CPU mixed precision)"
+    return None
+
+
 def preflight(config: RunConfig):
     """All driver-side checks; returns the data plan. Raises ConfigError with a fix."""
     from caregpt.data.pipeline import plan_data
     from caregpt.models.loader import validate_model
 
+    check_loggers(config)
     if config.finetune.stage not in SUPPORTED_STAGES:
         raise ConfigError(f"stage {config.finetune.stage!r} is not available in this release; stages that train now: {', '.join(SUPPORTED_STAGES)}")
     facts = validate_model(config)
@@ -91,6 +122,9 @@ def run_training(config: RunConfig) -> TrainOutcome:
 
     plan, facts = preflight(config)
     logger.info("model %s: %s", config.model.model_name_or_path, facts)
+    note = precision_note(config)
+    if note:
+        logger.warning(note)
     output_dir = Path(config.train.output_dir).resolve()
     storage = _storage(config, output_dir)
     name = run_name(config)
@@ -127,10 +161,13 @@ def run_training(config: RunConfig) -> TrainOutcome:
 
 def collect_outputs(checkpoint, output_dir: Path, config: RunConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     """Final checkpoint -> output_dir, each file written under a temporary name then renamed."""
-    from caregpt.train.worker import FINAL_MARKER
+    from caregpt.train.worker import FINAL_MARKER, TENSORBOARD_DIR
 
     output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as directory:
+        board = Path(directory) / TENSORBOARD_DIR
+        if board.is_dir():  # report_to tensorboard: rank 0's event files
+            shutil.copytree(board, output_dir / TENSORBOARD_DIR, dirs_exist_ok=True)
         for source in Path(directory).iterdir():
             # training_args.bin is a pickle; the resolved YAML config beside it says the same, safely
             if source.name in (FINAL_MARKER, "training_args.bin") or not source.is_file():

@@ -39,6 +39,37 @@ TAG_KEYS = ("run", "rank")
 LOG_KEYS = {"loss": "caregpt_train_loss", "learning_rate": "caregpt_train_learning_rate", "grad_norm": "caregpt_train_grad_norm"}
 
 
+class Throughput:
+    """Real tokens per second, the one way every progress line, trainer_log.jsonl, gauge and all_results.json count it.
+
+    interval(): tokens since the previous call over the wall time since the previous call, excluding nothing
+    (evaluations, checkpoints and reports in between count as time). average(): tokens since start() over
+    the wall time since start(), the run average written to all_results.json.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.start()
+
+    def start(self, tokens: int = 0) -> None:
+        self.first_time = self.last_time = self.clock()
+        self.first_tokens = self.last_tokens = int(tokens)
+
+    def interval(self, tokens: int) -> float:
+        now = self.clock()
+        rate = (int(tokens) - self.last_tokens) / max(now - self.last_time, 1e-9)
+        self.last_tokens, self.last_time = int(tokens), now
+        return rate
+
+    def average(self, tokens: int | None = None) -> float:
+        tokens = self.last_tokens if tokens is None else int(tokens)
+        end = self.last_time if tokens == self.last_tokens else self.clock()
+        return (tokens - self.first_tokens) / max(end - self.first_time, 1e-9)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.first_time
+
+
 class TrainMetricsCallback(TrainerCallback):
     """Sets the caregpt_train_* gauges at every `on_log`.
 
@@ -54,8 +85,7 @@ class TrainMetricsCallback(TrainerCallback):
         self.tokens = tokens
         self.gauges = {name: Gauge(name, description=text, tag_keys=TAG_KEYS) for name, text in GAUGES.items()}
         self.tokens_offset = 0  # restored from the checkpoint's log history on resume
-        self.last_tokens = 0
-        self.last_time = time.perf_counter()
+        self.rate = Throughput()
 
     @classmethod
     def for_trainer(cls, trainer, run: str, rank: int) -> "TrainMetricsCallback":
@@ -68,8 +98,7 @@ class TrainMetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         previous = [h for h in (state.log_history or []) if "tokens_seen" in h]
         self.tokens_offset = int(previous[-1]["tokens_seen"]) if previous else 0
-        self.last_tokens = 0
-        self.last_time = time.perf_counter()
+        self.rate.start()
 
     def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
         logs = logs or {}
@@ -81,10 +110,8 @@ class TrainMetricsCallback(TrainerCallback):
         # "loss", and counting them as an interval would report a misleading 0 tokens/s.
         tokens = self._tokens(logs) if "loss" in logs else None
         if tokens is not None:
-            now = time.perf_counter()
             self._set("caregpt_train_tokens_seen", self.tokens_offset + tokens)
-            self._set("caregpt_train_tokens_per_second", (tokens - self.last_tokens) / max(now - self.last_time, 1e-9))
-            self.last_tokens, self.last_time = tokens, now
+            self._set("caregpt_train_tokens_per_second", self.rate.interval(tokens))
         self._gpu_memory()
 
     def _tokens(self, logs: dict[str, Any]) -> int | None:

@@ -116,7 +116,7 @@ def _generation_config(config, tokenizer, policy):
     # a fresh config, not the model's: any repetition penalty / top-p it ships would make the
     # sampling distribution differ from the softmax(logits / temperature) that the ratios use
     return GenerationConfig(
-        do_sample=True, temperature=config.finetune.ppo_temperature, top_k=0, top_p=1.0, max_new_tokens=config.train.max_new_tokens,
+        do_sample=True, temperature=config.finetune.ppo_temperature, top_k=0, top_p=1.0, max_new_tokens=config.generation.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, use_cache=True,
     )
 

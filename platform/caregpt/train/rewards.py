@@ -162,7 +162,7 @@ def _model_reward(config, device) -> RewardFn:
     tokenizer = load_tokenizer(spec.tokenizer_name_or_path, trust_remote_code=spec.trust_remote_code)  # pad falls back to eos
     model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # too long: drop the prompt's start
-    max_length = config.data.cutoff_len + config.train.max_new_tokens
+    max_length = config.data.cutoff_len + config.generation.max_new_tokens
 
     @torch.no_grad()
     def score(prompts: list[str], responses: list[str]):

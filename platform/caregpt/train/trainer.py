@@ -84,10 +84,11 @@ class RayReportCallback(TrainerCallback):
     """Metrics and checkpoints to Ray Train; trainer_log.jsonl-style history; a progress line."""
 
     def __init__(self, trainer: CareTrainer):
+        from caregpt.train.metrics import Throughput
+
         self.trainer = trainer
+        self.rate = Throughput()
         self.start = time.perf_counter()
-        self.last_time = self.start
-        self.last_tokens = 0
         self.last_metrics: dict[str, Any] = {}
         self.tokens_offset = 0  # tokens seen before a resume (restored from the checkpoint)
         self.last_report = self.start
@@ -100,7 +101,8 @@ class RayReportCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         previous = [h for h in state.log_history if "tokens_seen" in h]
         self.tokens_offset = int(previous[-1]["tokens_seen"]) if previous else 0
-        self.start = self.last_time = self.last_report = time.perf_counter()
+        self.start = self.last_report = time.perf_counter()
+        self.rate.start()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import ray.train
@@ -113,9 +115,9 @@ class RayReportCallback(TrainerCallback):
         metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k not in SKIPPED_LOG_KEYS}
         metrics["step"] = state.global_step
         if "loss" in logs:
+            # tokens of every rank over the wall time since the previous log line (eval and saves included)
             metrics["tokens_seen"] = self.tokens_offset + tokens
-            metrics["tokens_per_second"] = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
-            self.last_tokens, self.last_time = tokens, now
+            metrics["tokens_per_second"] = self.rate.interval(tokens)
             # HF keeps log_history in trainer_state.json inside every checkpoint: the log resumes with the run
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1].update(tokens_seen=metrics["tokens_seen"], tokens_per_second=metrics["tokens_per_second"])
@@ -139,6 +141,11 @@ class RayReportCallback(TrainerCallback):
             self.shown_part = part
             return True
         return False
+
+    def run_summary(self) -> dict[str, float]:
+        """The run average for all_results.json: real tokens (all ranks) this session, up to the last log line,
+        over the wall time from the start of training to that line (a resumed run counts its own session)."""
+        return {"tokens_per_second": round(self.rate.average(), 3)}
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train

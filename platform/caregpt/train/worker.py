@@ -17,6 +17,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 FINAL_MARKER = "caregpt_final.json"
+TENSORBOARD_DIR = "runs"  # HF's folder name for event files: OUTPUT_DIR/runs
 
 
 def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval: bool, use_gpu: bool):
@@ -24,10 +25,9 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
 
     t = config.train
     eval_steps = t.eval_steps or t.save_steps
+    # seed commands carry --fp16; float16 mixed precision needs a GPU, so a CPU run trains in fp32
+    # (the driver says so once: launch.precision_note)
     fp16 = t.fp16 and use_gpu
-    if t.fp16 and not use_gpu:
-        # seed commands carry --fp16; float16 mixed precision needs a GPU, so a CPU run trains in fp32
-        logger.warning("fp16 requested on a CPU worker: training in float32 instead (bf16 works on CPU)")
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
@@ -52,7 +52,9 @@ def training_arguments(config, output_dir: str, deepspeed: dict | None, has_eval
         bf16=t.bf16,
         deepspeed=deepspeed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        report_to=[],
+        # wandb / mlflow through HF's integrations (checked installed on the driver); tensorboard is added
+        # by the worker itself so its event files land where the run's outputs are collected
+        report_to=[r for r in t.loggers if r != "tensorboard"],
         disable_tqdm=True,  # the callback prints one progress line per logging step instead
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -192,11 +194,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     # Prometheus gauges (tokens/s, loss, GPU memory) through Ray's metrics agent: the dashboard / Grafana view
     trainer.add_callback(TrainMetricsCallback.for_trainer(trainer, run=context.get_experiment_name(), rank=context.get_world_rank()))
+    board = None
+    if "tensorboard" in config.train.loggers:
+        from transformers.integrations import TensorBoardCallback
+
+        board = TensorBoardCallback()
+        board.logging_dir = str(local_root / TENSORBOARD_DIR)  # rank 0 writes (the callback checks); collected into output_dir
+        trainer.add_callback(board)
     result = trainer.train(resume_from_checkpoint=resume_path)
 
     final_dir = local_root / "final"
     save_final_model(trainer, final_dir, stage, context.get_world_rank())
     metrics = {**callback.last_metrics, **{k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+    metrics.update(callback.run_summary())  # the run average, not the last interval's rate
     metrics.update(
         step=trainer.state.global_step,
         resumed_from_step=_checkpoint_step(resume_path),
@@ -213,6 +223,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     final_dir.mkdir(parents=True, exist_ok=True)
     if context.get_world_rank() == 0:
         tokenizer.save_pretrained(str(final_dir))
+        if board is not None and (local_root / TENSORBOARD_DIR).is_dir():
+            board.on_train_end(args, trainer.state, trainer.control)  # close the writer the final evaluation reopened
+            shutil.copytree(local_root / TENSORBOARD_DIR, final_dir / TENSORBOARD_DIR, dirs_exist_ok=True)
         write_history(trainer.state.log_history, final_dir / "trainer_log.jsonl")
         (final_dir / "all_results.json").write_text(json.dumps(metrics, indent=2))
         (final_dir / FINAL_MARKER).write_text(json.dumps({"metrics": metrics}))

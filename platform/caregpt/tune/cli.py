@@ -34,24 +34,25 @@ example (jobs/configs/tune_sft_tiny_cpu.yaml):
     scheduler: {type: asha, grace_period: 8, reduction_factor: 2}"""
 
 
+SUMMARY = (
+    "Search hyperparameters of a training stage with Ray Tune. Every trial is a full Ray Train run of the stage "
+    "(workers and resources per trial as in `caregpt train`) on data tokenized once; the metric is reported at "
+    "every evaluation and ASHA stops weak trials early. Results go to the base config's output_dir: "
+    "tune_results.csv/.md (trial, values, metric, steps, state), best_config.yaml (run it with `caregpt train`), "
+    "tune_metric.png (metric against step per trial) and trials/ID/ (each finished trial's adapter or model). "
+    "The same command again resumes an interrupted experiment: finished trials are kept, the others run again; "
+    "--overwrite_output_dir starts over. Keys that do not shape the model (operational, data, budget) cannot be searched."
+)
+
+
 def help_text() -> str:
-    lines = [
-        USAGE,
-        "",
-        "Search hyperparameters of a training stage with Ray Tune. Every trial is a full Ray Train run of the stage",
-        "(workers and resources per trial as in `caregpt train`) on data tokenized once; the metric is reported at",
-        "every evaluation and ASHA stops weak trials early. Results go to the base config's output_dir:",
-        "tune_results.csv/.md (trial, values, metric, steps, state), best_config.yaml (run it with `caregpt train`),",
-        "tune_metric.png (metric against step per trial) and trials/ID/ (each finished trial's adapter or model).",
-        "The same command again resumes an interrupted experiment: finished trials are kept, the others run again;",
-        "--overwrite_output_dir starts over.",
-        "",
-        "tune keys (under `tune:` in the YAML, or --tune.KEY value for the scalar ones):",
-    ]
+    from caregpt.config.help import render_help
+
+    lines = ["tune keys (under `tune:` in the YAML, or --tune.KEY value for the scalar ones):"]
     lines += [f"  {key:<22}{text}" for key, text in TUNE_KEYS.items()]
     lines += ["", "search_space types: " + ", ".join(f"{k} ({'/'.join(v)})" for k, v in SPACE_TYPES.items()) + "; randint/lograndint include high."]
     lines += ["", EXAMPLE, "", "Training keys: see `caregpt train --help`."]
-    return "\n".join(lines)
+    return render_help(USAGE.removeprefix("usage: "), SUMMARY, [], "\n".join(lines))
 
 
 def main(argv: list[str]) -> int:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caregpt.config.loader import ConfigError, build_config, nearest_key, parse_flags, read_yaml
-from caregpt.config.specs import GROUPS, RunConfig, key_owner
+from caregpt.config.loader import ConfigError, build_config, nearest_key, read_yaml, resolve_paths, split_argv
+from caregpt.config.specs import GROUPS, RunConfig, field_meta, key_owner
 
 # type -> the spec fields it takes; `high` is inclusive for the integer types (Ray's is exclusive)
 SPACE_TYPES = {
@@ -37,7 +37,6 @@ SPACE_TYPES = {
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
 SCHEDULERS = ("asha", "fifo")
 DERIVED_KEYS = ("alpha_over_rank",)
-PATH_KEYS = ("model_name_or_path", "checkpoint_dir", "adapter_name_or_path", "dataset_dir", "dataset_info", "tokenized_path", "output_dir", "storage_path", "deepspeed", "reward_model")
 
 TUNE_KEYS = {
     "search_space": "mapping config key -> {type: choice|grid|uniform|loguniform|randint|lograndint, values: [..] | low: .., high: ..}; "
@@ -53,22 +52,22 @@ TUNE_KEYS = {
     "max_failures": "times a failed trial is retried before it is marked errored (default 0); the experiment goes on",
 }
 
-_WHY_FIXED = {
-    "changes the tokenized data (prepared once for all trials) or the model it comes from": (
-        "model_name_or_path", "dataset", "dataset_dir", "dataset_info", "template", "system", "cutoff_len", "packing",
-        "max_samples", "mix_strategy", "interleave_probs", "tokenized_path", "overwrite_cache", "skip_invalid",
-        "streaming", "preprocessing_num_workers", "use_fast_tokenizer", "trust_remote_code",
-    ),
-    "changes the held-out split or the seed, so trials' metrics would not be comparable": ("val_size", "seed"),
-    "is the training budget, which the ASHA scheduler manages: set it once in the base config": ("max_steps", "num_train_epochs"),
-    "sets where or how a trial runs, not what it learns: set it once in the base config": (
-        "num_workers", "use_gpu", "resources_per_worker", "placement_strategy", "ray_address", "storage_path",
-        "output_dir", "deepspeed", "max_failures", "num_to_keep", "save_total_limit", "overwrite_output_dir",
-    ),
-    "does not change what is trained": ("do_train", "do_eval", "do_predict", "plot_loss", "report_to", "logging_steps", "save_steps", "eval_steps", "predict_with_generate", "max_new_tokens"),
-    "fixes the stage: one stage per experiment": ("stage",),
-}
-FIXED_KEYS = {key: why for why, keys in _WHY_FIXED.items() for key in keys}
+_DATA_REASON = "changes the tokenized data (prepared once for all trials) or the model it comes from"
+
+
+def _why_fixed(name: str) -> str | None:
+    """Why a key cannot be searched, from its field metadata (config/specs.py): one declaration for every reader."""
+    meta = field_meta(name)
+    if meta.get("tune"):
+        return meta["tune"]
+    if meta["role"] == "data":
+        return _DATA_REASON
+    if meta["role"] == "operational":
+        return "does not change what is trained (or sets where a trial runs): set it once in the base config"
+    return None
+
+
+FIXED_KEYS = {name: why for name in key_owner() if (why := _why_fixed(name))}
 
 
 @dataclass
@@ -270,21 +269,11 @@ def parse_tune(raw: Any, base: dict[str, tuple[Any, str]]) -> TuneSpec:
 
 
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """Local paths made absolute against this directory: Tune runs each trial in a working directory of its own."""
-    out = dict(values)
-    for key in PATH_KEYS:
-        value = out.get(key)
-        if not value:
-            continue
-        parts = value if isinstance(value, list) else str(value).split(",") if key in ("checkpoint_dir", "adapter_name_or_path") else [value]
-        resolved = []
-        for part in map(str, parts):
-            path = Path(part.strip()).expanduser()
-            # hub ids and URIs stay as written; existing paths, and outputs still to be made, become absolute
-            local = "://" not in part and (path.exists() or key in ("output_dir", "storage_path", "tokenized_path"))
-            resolved.append(str(path.resolve()) if local else part)
-        out[key] = resolved if isinstance(value, list) or len(resolved) > 1 else resolved[0]
-    return out
+    """Local paths made absolute against this directory (the one rule of config.loader.resolve_paths):
+    Tune runs each trial in a working directory of its own."""
+    config = build_config({k: (v, "base config") for k, v in values.items()})
+    plain, resolved = config.flat(), resolve_paths(config).flat()
+    return {k: resolved[k] if k in resolved and resolved[k] != plain[k] else v for k, v in values.items()}
 
 
 def load_tune_config(config_path: str | None, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, dict[str, Any], TuneSpec]:
@@ -302,12 +291,23 @@ def load_tune_config(config_path: str | None, overrides: dict[str, Any] | None =
     return config, {k: v for k, (v, _) in base.items()}, spec
 
 
+def load_tune_values(values: dict[str, Any], source: str) -> tuple[RunConfig, dict[str, Any], TuneSpec]:
+    """A tune config given as values (the pipeline's tune step): base keys plus a `tune` mapping."""
+    values = dict(values)
+    raw_tune = dict(values.pop("tune", None) or {})
+    base = {str(k): (v, f"from {source}") for k, v in values.items()}
+    config = build_config(base)
+    return config, {k: v for k, (v, _) in base.items()}, parse_tune(raw_tune, base)
+
+
 def load_from_argv(argv: list[str]) -> tuple[RunConfig, dict[str, Any], TuneSpec]:
-    positional, flags = parse_flags(argv)
-    yaml_files = [p for p in positional if p.endswith((".yaml", ".yml"))]
-    if len(yaml_files) != 1 or len(positional) != 1:
-        raise ConfigError(f"expected exactly one CONFIG.yaml with a tune: section, got {positional or 'none'}")
-    return load_tune_config(yaml_files[0], flags)
+    try:
+        config_path, _, flags = split_argv(argv)
+    except ConfigError as exc:
+        raise ConfigError(f"expected exactly one CONFIG.yaml with a tune: section ({exc})") from None
+    if config_path is None:
+        raise ConfigError("expected exactly one CONFIG.yaml with a tune: section, got none")
+    return load_tune_config(config_path, flags)
 
 
 def _scalar(value: Any) -> Any:

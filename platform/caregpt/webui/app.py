@@ -168,12 +168,17 @@ def page_options() -> dict[str, Any]:
 
 
 def build_ui(api_base: str, api_key: str | None = None, *, model: str | None = None, system: str | None = None,
-             title: str = "CareGPT medical chat", concurrency: int = 16):
-    """The chat page as a `gr.Blocks` for the API at `api_base` (key: `api_key`, else CAREGPT_API_KEY / OPENAI_API_KEY)."""
+             title: str = "CareGPT medical chat", concurrency: int = 16, chat: Any = None, defaults: dict[str, Any] | None = None):
+    """The chat page as a `gr.Blocks` for the API at `api_base` (key: `api_key`, else CAREGPT_API_KEY / OPENAI_API_KEY).
+
+    chat: another backend with the same list_models() / stream() (the webui's local engine); defaults: the
+    sliders' starting temperature, top_p and max_tokens.
+    """
     prepare_gradio_env()
     import gradio as gr
 
-    chat = ApiChat(api_base, api_key)
+    chat = chat if chat is not None else ApiChat(api_base, api_key)
+    start = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 512, **(defaults or {})}
 
     def refresh_models(current: str | None):
         models, selected, status = model_choices(chat, current, model)
@@ -206,9 +211,9 @@ def build_ui(api_base: str, api_key: str | None = None, *, model: str | None = N
                     refresh = gr.Button("List models", elem_id="caregpt-refresh", scale=1, min_width=60, size="sm")
                 system_box = gr.Textbox(label="System prompt", value=system or "", lines=3, elem_id="caregpt-system",
                                         placeholder="e.g. You are a careful medical assistant.")
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="caregpt-temperature")
-                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", elem_id="caregpt-top-p")
-                max_tokens = gr.Slider(16, 4096, value=512, step=16, label="Max new tokens", elem_id="caregpt-max-tokens")
+                temperature = gr.Slider(0.0, 2.0, value=start["temperature"], step=0.05, label="Temperature", elem_id="caregpt-temperature")
+                top_p = gr.Slider(0.05, 1.0, value=start["top_p"], step=0.05, label="Top-p", elem_id="caregpt-top-p")
+                max_tokens = gr.Slider(16, 4096, value=start["max_tokens"], step=16, label="Max new tokens", elem_id="caregpt-max-tokens")
                 gr.Markdown(f"API: `{chat.base_url}`")
 
         settings = [model_box, system_box, temperature, top_p, max_tokens]
