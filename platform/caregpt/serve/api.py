@@ -40,15 +40,19 @@ class _TooLarge(Exception):
 class BodyLimit:
     """ASGI middleware: 413 for bodies above `limit` bytes, by Content-Length or while reading (chunked)."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, uploads: tuple[str, int] | None = None):
         self.app, self.limit = app, limit
+        self.uploads = uploads  # (path suffix, limit): file uploads may be larger than chat requests
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limit
+        if self.uploads and scope.get("method") == "POST" and scope.get("path", "").rstrip("/").endswith(self.uploads[0]):
+            limit = self.uploads[1]
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reject(send, limit)
         seen = 0
         started = False
 
@@ -57,7 +61,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge()
             return message
 
@@ -70,10 +74,10 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send):
-        err = APIError(413, f"The request body is larger than {self.limit} bytes (max_request_bytes); shorten the messages.", code="request_too_large")
+    async def _reject(self, send, limit: int):
+        err = APIError(413, f"The request body is larger than {limit} bytes (max_request_bytes, or finetune.max_file_bytes for uploads); shorten it.", code="request_too_large")
         body = json.dumps(err.body()).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -87,7 +91,8 @@ def build_api(router) -> FastAPI:
     """The ASGI app for one router replica (see module docstring)."""
     config = router.config
     app = FastAPI(title="CareGPT OpenAI-compatible API", version="1", docs_url="/docs", redoc_url=None)
-    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    uploads = ("/v1/files", config.finetune.max_file_bytes + 65536) if config.finetune else None  # + room for the multipart framing
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes, uploads=uploads)
     # Bearer keys travel in a header, so browsers need no credentials mode; any listed origin may call.
     app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins, allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"], expose_headers=["Retry-After", "X-Request-Id"])
 
@@ -232,6 +237,10 @@ def build_api(router) -> FastAPI:
     async def triage_route(request: Request):
         """caregpt extension: department recommendations (导诊) for a symptom description."""
         return await run(request, "triage", "triage", triage)
+
+    from caregpt.finetune.routes import mount as mount_finetune
+
+    mount_finetune(app, router, authenticate)  # Files, fine-tuning jobs, feedback (only with `finetune:` set)
 
     @app.get("/health")
     async def health():

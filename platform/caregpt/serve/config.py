@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from caregpt.config.loader import ConfigError, nearest_key, parse_flags, read_yaml
+from caregpt.finetune.settings import FinetuneSettings, parse_finetune
 
 API_KEYS_ENV = "CAREGPT_API_KEYS"
 
@@ -148,6 +149,11 @@ class ServeConfig(BaseModel):
     triage_guides: str | None = None
     """Department guide JSON for POST /v1/triage (e.g. hospital_guide_departments.json with its catalog beside it)."""
 
+    # ---- fine-tuning service ---------------------------------------------------------------------
+    finetune: FinetuneSettings | None = None
+    """OpenAI's Files + fine-tuning jobs API and POST /v1/feedback on this app (docs/finetune-openai-sdk.md):
+    {"storage_root": DIR_OR_URI, ...}, or just the storage root. Needs adapters_dir (fine-tuned models are published there)."""
+
     # ---- Ray Serve deployment ------------------------------------------------------------------
     app_name: str = "caregpt"
     """Ray Serve application name."""
@@ -221,6 +227,11 @@ class ServeConfig(BaseModel):
             return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
         return value
 
+    @field_validator("finetune", mode="before")
+    @classmethod
+    def _finetune(cls, value: Any) -> Any:
+        return parse_finetune(value)
+
     @field_validator("quantization_bit")
     @classmethod
     def _bits(cls, value: int | None) -> int | None:
@@ -234,6 +245,8 @@ class ServeConfig(BaseModel):
             object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
         if self.num_replicas is None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
+        if self.finetune is not None and not self.adapters_dir:
+            raise ValueError("finetune needs adapters_dir: fine-tuned adapters are published there and served by name")
         if self.batching == "serve_batch" and self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size ({self.max_batch_size})")
         return self
