@@ -55,7 +55,8 @@ def cmd_data(argv: list[str]) -> int:
             "  check    count records, show invalid ones with file:line, token length statistics\n"
             "  prepare  tokenize once into parquet (reused by training; --overwrite_cache to redo)\n"
             "  deid     mask personal identifiers (names, ID numbers, phones, emails, addresses, record numbers, dates)\n"
-            "  export   a registered SFT dataset to OpenAI chat fine-tuning JSONL (--format openai-chat), validated\n\n"
+            "  export   a registered SFT dataset to OpenAI chat fine-tuning JSONL (--format openai-chat), validated;\n"
+            "           or the fine-tuning service's feedback ratings as preference (DPO) pairs (--format preference)\n\n"
             "Run `caregpt data ACTION --help` for an action's options.\n"
         )
         return 0 if _wants_help(argv) else 2

@@ -93,6 +93,9 @@ class PairReport:
     unpaired: int = 0
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
+    def to_json(self) -> dict[str, Any]:
+        return {"ratings": self.ratings, "pairs": self.pairs, "unpaired": self.unpaired, "reasons": dict(self.reasons)}
+
     def format(self) -> str:
         lines = [f"{self.pairs} preference pairs from {self.ratings} ratings ({self.unpaired} ratings paired with nothing)"]
         lines += [f"  unpaired: {count} {reason}" for reason, count in sorted(self.reasons.items())]
@@ -127,15 +130,15 @@ def preference_pairs(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     return pairs, report
 
 
-def export_preference(state_dir: str | Path, output: str | Path) -> PairReport:
-    """Every stored rating -> preference JSONL at `output` (written atomically)."""
+def export_preference(state_dir: str | Path, output: str | Path, api_key: str | None = None) -> PairReport:
+    """Stored ratings (all, or those made with `api_key`) -> preference JSONL at `output` (written atomically)."""
     from caregpt.config.loader import ConfigError
-    from caregpt.finetune.state import State
+    from caregpt.finetune.state import State, owner_of
 
     directory = Path(state_dir)
     if not (directory / "finetune.sqlite3").is_file():
         raise ConfigError(f"{directory} holds no fine-tuning state (finetune.sqlite3); pass the service's state_dir (default <storage_root>/state)")
-    pairs, report = preference_pairs(State(directory).feedback())
+    pairs, report = preference_pairs(State(directory).feedback(owner_of(api_key) if api_key else None))
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".tmp")

@@ -68,9 +68,12 @@ class State:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "finetune.sqlite3"
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the monitor's writes
             db.executescript(SCHEMA)
+        finally:
+            db.close()
 
     @contextmanager
     def _db(self):
@@ -81,7 +84,8 @@ class State:
             yield db
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         finally:
             db.close()
