@@ -298,3 +298,46 @@ def test_serve_settings_need_an_adapter_root_for_finetuning(tmp_path):
         build_serve_config({"model_name_or_path": "m", "finetune": str(tmp_path)})
     config = build_serve_config({"model_name_or_path": "m", "adapters_dir": str(tmp_path), "finetune": '{"storage_root": "%s", "deidentify": true}' % tmp_path})
     assert config.finetune.deidentify and config.public()["finetune"]["storage_root"] == str(tmp_path.resolve())
+
+
+def test_job_api_failures_that_pass_are_retried_others_fail_the_job():
+    from caregpt.finetune.runner import is_transient
+
+    assert is_transient(RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later."))
+    assert is_transient(ConnectionError("refused"))
+    assert not is_transient(RuntimeError("Request failed with status code 400: bad runtime_env"))
+
+
+# ---- the web chat's rating buttons ------------------------------------------------------------------------
+def test_web_chat_ratings_send_the_answer_id_and_the_conversation_it_answered():
+    from caregpt.chat.api import ChatApiError
+    from caregpt.webui.app import feedback_payload, rated_answer, send_feedback
+
+    history = [{"role": "user", "content": "发烧怎么办？"},
+               {"role": "assistant", "content": "多喝水。", "metadata": {"id": "chatcmpl-1"}},
+               {"role": "assistant", "content": "1. 指南", "metadata": {"title": "Sources"}},
+               {"role": "user", "content": "还要注意什么？"},
+               {"role": "assistant", "content": "超过39度就医。", "metadata": {"id": "chatcmpl-2"}}]
+    assert rated_answer(history) == 4 and rated_answer(history, 1) == 1 and rated_answer(history, 2) is None
+    payload = feedback_payload(history, 4, "你是医生。", "tiny", -1, "  体温超过39度或持续三天请就医。 ")
+    assert payload == {"response_id": "chatcmpl-2", "rating": -1, "model": "tiny", "answer": "超过39度就医。",
+                       "better_answer": "体温超过39度或持续三天请就医。",
+                       "messages": [{"role": "system", "content": "你是医生。"}, {"role": "user", "content": "发烧怎么办？"},
+                                    {"role": "assistant", "content": "多喝水。"}, {"role": "user", "content": "还要注意什么？"}]}
+    # the payload is what the service accepts
+    assert parse_feedback(payload)["better_answer"] == "体温超过39度或持续三天请就医。"
+
+    class Recorder:
+        def __init__(self, fail: bool = False):
+            self.sent, self.fail = [], fail
+
+        def feedback(self, body):
+            if self.fail:
+                raise ChatApiError("The chat API has no such endpoint (404)")
+            self.sent.append(body)
+
+    chat = Recorder()
+    assert "helpful" in send_feedback(chat, history, None, "tiny", 1, True) and chat.sent[-1]["rating"] == 1
+    assert "better answer" in send_feedback(chat, history, None, "tiny", None, True, "更好的回答") and chat.sent[-1]["rating"] == -1
+    assert "no answer" in send_feedback(chat, history[:1], None, "tiny", None, False)
+    assert "404" in send_feedback(Recorder(fail=True), history, None, "tiny", 1, False)

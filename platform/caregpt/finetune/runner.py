@@ -72,6 +72,12 @@ def failure_reason(logs: str, fallback: str) -> str:
     return reason[:500]
 
 
+def is_transient(exc: Exception) -> bool:
+    """A job API failure worth retrying: the API or its agent is starting, or unreachable for a moment."""
+    text = str(exc).lower()
+    return isinstance(exc, (ConnectionError, TimeoutError)) or "try again" in text or any(f"status code {c}" in text for c in (500, 502, 503, 504))
+
+
 def step_message(data: dict[str, Any]) -> str:
     total = f"/{data['total_steps']}" if data.get("total_steps") else ""
     text = f"Step {data['step']}{total}: training loss={data['train_loss']:.4f}"
@@ -182,8 +188,16 @@ class JobRunner:
             self.client().submit_job(entrypoint=entrypoint, submission_id=submission, entrypoint_num_cpus=0,
                                      metadata={"caregpt_finetune_job": job["id"]})
         except Exception as exc:  # noqa: BLE001 - the API's message says why (dashboard down, id taken, ...)
-            if "already exists" not in str(exc):
-                self.fail(job, "submit_failed", f"the Ray job API refused the job: {str(exc).splitlines()[0][:300]}")
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            if "already exists" in reason:
+                pass  # submitted by an earlier pass that died before recording it: it is ours
+            elif is_transient(exc):
+                # e.g. "No available agent to submit job, please try again later" while a node's job agent starts
+                self.state.update_job(job["id"], expect=("queued",), ray_job_id=None)
+                self.state.add_event(job["id"], "submit-retry", f"The Ray job API is not ready ({reason}); retrying")
+                return False
+            else:
+                self.fail(job, "submit_failed", f"the Ray job API refused the job: {reason}")
                 return True
         self.state.add_event(job["id"], "submitted", f"Submitted to the Ray cluster as job {submission}")
         return True
