@@ -341,3 +341,32 @@ def test_web_chat_ratings_send_the_answer_id_and_the_conversation_it_answered():
     assert "better answer" in send_feedback(chat, history, None, "tiny", None, True, "更好的回答") and chat.sent[-1]["rating"] == -1
     assert "no answer" in send_feedback(chat, history[:1], None, "tiny", None, False)
     assert "404" in send_feedback(Recorder(fail=True), history, None, "tiny", 1, False)
+
+
+# ---- queueing ---------------------------------------------------------------------------------------------
+def test_jobs_wait_in_queued_while_the_cluster_is_busy_or_the_slots_are_taken(tmp_path):
+    from caregpt.finetune.runner import JobRunner, Serving
+
+    class BusyCluster(JobRunner):
+        """The scheduling decision alone: what the cluster reports free is given, nothing is submitted."""
+
+        free = {"CPU": 0.5}
+
+        def free_resources(self):
+            return self.free
+
+        def client(self):
+            raise AssertionError("a job that must wait was submitted")
+
+    settings = FinetuneSettings(storage_root=str(tmp_path / "root"), job_num_cpus=2, max_running_jobs=1)
+    state = State(tmp_path / "state")
+    runner = BusyCluster(settings, state, Storage(settings.storage_root), Serving("tiny", "/m", None, "auto", tmp_path))
+    _job(state, "o", "ftjob-q", "queued")
+    assert runner.try_start(state.job(None, "ftjob-q")) is False
+    assert state.job(None, "ftjob-q")["ray_job_id"] is None
+    assert "needs 2 CPU (free 0.5)" in state.events("ftjob-q", 5)[0]["message"]
+    _job(state, "o", "ftjob-r", "running")
+    state.update_job("ftjob-r", ray_job_id="caregpt-ftjob-r")
+    BusyCluster.free = {"CPU": 8}
+    assert runner.try_start(state.job(None, "ftjob-q")) is False
+    assert "1 job(s) already running" in state.events("ftjob-q", 5)[0]["message"]
