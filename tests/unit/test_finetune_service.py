@@ -370,3 +370,24 @@ def test_jobs_wait_in_queued_while_the_cluster_is_busy_or_the_slots_are_taken(tm
     BusyCluster.free = {"CPU": 8}
     assert runner.try_start(state.job(None, "ftjob-q")) is False
     assert "1 job(s) already running" in state.events("ftjob-q", 5)[0]["message"]
+
+
+def test_publishing_copies_only_the_adapter_and_marks_its_owner(tmp_path):
+    from caregpt.finetune.publish import publish_adapter
+    from caregpt.finetune.tenancy import owner_of_adapter
+
+    storage = Storage(str(tmp_path / "root"))
+    for name, data in (("adapter_config.json", b"{}"), ("adapter_model.safetensors", b"w"), ("tokenizer.json", b"{}"),
+                       ("caregpt_config.yaml", b"template: auto\n"), ("trainer_log.jsonl", b"{}\n"), ("ray_storage/ckpt/x.bin", b"c")):
+        storage.write_bytes(f"jobs/ftjob-1/output/{name}", data)
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    target = publish_adapter(storage, "jobs/ftjob-1/output", adapters, "ft:tiny:cardio:ftjob-1", owner_of("key-a"), "ftjob-1")
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "caregpt_config.yaml",
+                                                         "caregpt_owner.json", "tokenizer.json"]
+    assert owner_of_adapter(target) == owner_of("key-a") and [p.name for p in adapters.iterdir()] == [target.name]
+    assert publish_adapter(storage, "jobs/ftjob-1/output", adapters, target.name, owner_of("key-a"), "ftjob-1") == target
+    storage.delete("jobs/ftjob-1/output/adapter_config.json")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        publish_adapter(storage, "jobs/ftjob-1/output", adapters, "ft:tiny:x:ftjob-1", "o", "ftjob-1")
+    assert not (adapters / "ft:tiny:x:ftjob-1").exists() and not list(adapters.glob(".staging-*"))

@@ -32,13 +32,11 @@ def publish_adapter(storage: Storage, output: str, adapters_dir: Path, name: str
         return target  # published already (the monitor restarted between publishing and recording it)
     staging = adapters_dir / f".staging-{job_id}"
     shutil.rmtree(staging, ignore_errors=True)
-    storage.download_dir(output, staging)
+    # only the adapter, tokenizer and recorded config: the run's checkpoints and logs stay in the job folder
+    storage.download_files(output, staging, lambda name: name.endswith(_SERVED))
     if not (staging / ADAPTER_CONFIG_NAME).is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise FileNotFoundError(f"the training run wrote no {ADAPTER_CONFIG_NAME} (not a LoRA adapter)")
-    for child in list(staging.iterdir()):
-        if child.is_dir() or not child.name.endswith(_SERVED):
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
     write_owner(staging, owner, job_id)
     staging.rename(target)
     return target

@@ -218,6 +218,9 @@ def mount(app: FastAPI, router: Any, authenticate: Callable[[Request], str | Non
             row = parse_feedback(await json_body(request))
         except FeedbackError as exc:
             raise bad_request(str(exc), exc.param) from None
+        if state.count_feedback(who) >= settings.max_feedback_per_key:
+            raise APIError(429, f"This key already stored {settings.max_feedback_per_key} ratings (finetune.max_feedback_per_key).",
+                           code="too_much_feedback", type="rate_limit_error")
         if settings.deidentify:
             row = await asyncio.to_thread(deidentify_feedback, row)
         stored = state.add_feedback({**row, "id": new_id("feedback"), "owner": who, "created_at": now()})

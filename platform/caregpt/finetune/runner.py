@@ -209,6 +209,12 @@ class JobRunner:
         try:
             info = client.get_job_info(rid)
         except Exception as exc:  # noqa: BLE001 - e.g. the cluster was replaced and forgot the job
+            if is_transient(exc):
+                return None  # the job API is restarting: ask again on the next pass
+            if job["status"] == "queued" and self.state.update_job(job["id"], expect=("queued",), ray_job_id=None):
+                # claimed but never submitted (the app stopped in between): submit it again
+                self.state.add_event(job["id"], "resubmit", "The Ray job was never started; submitting it again")
+                return None
             return self.fail(job, "job_lost", f"the Ray cluster no longer knows job {rid} ({type(exc).__name__})")
         status = str(getattr(info.status, "value", info.status))
         if status in ("RUNNING", "SUCCEEDED", "FAILED") and self.state.update_job(job["id"], expect=("queued",), status="running"):

@@ -35,6 +35,9 @@ class FinetuneSettings(BaseModel):
     max_files_per_key: int = Field(default=1000, ge=1)
     """Files one API key may keep at once."""
 
+    max_feedback_per_key: int = Field(default=100_000, ge=1)
+    """Ratings one API key may store (POST /v1/feedback answers 429 beyond it)."""
+
     max_active_jobs_per_key: int = Field(default=4, ge=1)
     """Jobs one API key may have waiting or running at once."""
 

@@ -231,6 +231,10 @@ class State:
                        "messages = excluded.messages, answer = excluded.answer, model = excluded.model, created_at = excluded.created_at", stored)
         return row
 
+    def count_feedback(self, owner: str) -> int:
+        with self._db() as db:
+            return db.execute("SELECT COUNT(*) FROM feedback WHERE owner = ?", (owner,)).fetchone()[0]
+
     def feedback(self, owner: str | None = None) -> list[dict[str, Any]]:
         with self._db() as db:
             if owner is None:

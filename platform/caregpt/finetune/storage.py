@@ -75,6 +75,17 @@ class Storage:
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path(relative))
 
+    def download_files(self, relative: str, local: Path, keep) -> list[str]:
+        """The files directly inside a folder of the root whose names pass `keep`, copied into a local folder."""
+        local.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path(relative), recursive=False)):
+            if info.type == pafs.FileType.File and keep(info.base_name):
+                with self.fs.open_input_stream(info.path) as src, open(local / info.base_name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                copied.append(info.base_name)
+        return copied
+
     def download_dir(self, relative: str, local: Path) -> Path:
         """A folder of the root copied to a local folder (a no-op copy for a local root)."""
         local.mkdir(parents=True, exist_ok=True)
