@@ -6,6 +6,7 @@ from the application's config. Routes:
 - ``POST /v1/chat/completions``, ``POST /v1/completions`` (JSON or SSE with ``stream: true``)
 - ``GET /v1/models``, ``GET /v1/models/{model}``
 - ``GET /health`` (the router is up) and ``GET /ready`` (a model replica answers); no key needed.
+- with ``finetune:`` set, OpenAI's Files and fine-tuning jobs API and ``POST /v1/feedback`` (caregpt/finetune/routes.py).
 
 Every error, including unknown routes and bodies that are too large, has OpenAI's shape.
 """
