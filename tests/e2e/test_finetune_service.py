@@ -57,6 +57,11 @@ def ft_app(serve_http, tiny_model, tmp_path_factory):  # noqa: F811
         serve.delete(APP)
 
 
+def answer_text(reply) -> str:
+    # the untrained tiny model may answer only whitespace: a blank answer cannot be rated (the service refuses it)
+    return (reply.choices[0].message.content or "").strip() or "（没有回答）"
+
+
 def client_for(ft_app, key: str):
     from openai import OpenAI
 
@@ -189,7 +194,7 @@ def test_feedback_to_dpo_job_that_survives_an_app_restart(ft_app, tmp_path):
     for i, topic in enumerate(TOPICS[:11]):
         question = [{"role": "user", "content": f"{topic}怎么办？"}]
         reply = client.chat.completions.create(model=BASE, messages=question, max_tokens=8, temperature=0)
-        body = {"response_id": reply.id, "rating": "down", "messages": question, "answer": reply.choices[0].message.content or "（空）",
+        body = {"response_id": reply.id, "rating": "down", "messages": question, "answer": answer_text(reply),
                 "better_answer": f"{topic}持续不缓解请及时就医。", "model": BASE}
         assert httpx.post(f"{ft_app['url']}/feedback", json=body, headers=headers, timeout=30).status_code == 200
     lone = {"response_id": "chatcmpl-lone", "rating": 1, "messages": [{"role": "user", "content": "谢谢医生"}], "answer": "不客气。"}
@@ -208,11 +213,16 @@ def test_feedback_to_dpo_job_that_survives_an_app_restart(ft_app, tmp_path):
     from ray import serve
 
     serve.delete(APP)  # the app goes away while the Ray job trains; a new deployment must pick the job up
+    deleted_at = int(time.time())
+    from caregpt.finetune.state import State
+
+    assert State(ft_app["root"] / "state").job(None, job.id)["status"] == "running"  # mid-run when the app went away
     deploy(APP, PREFIX, ft_app["settings"])
     client = client_for(ft_app, KEY_A)
     assert job.id in [j.id for j in client.fine_tuning.jobs.list()]
     done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"))
     assert done.status == "succeeded", done.error
+    assert done.finished_at >= deleted_at  # its end was recorded by the restarted app
     assert done.method.type == "dpo" and done.fine_tuned_model == f"ft:{BASE}:feedback:{job.id}"
     assert any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=100))
     reply = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "发烧怎么办？"}], max_tokens=8)
