@@ -166,7 +166,7 @@ def test_cancel_a_running_job_started_by_caregpt_openai_finetune(ft_app, tmp_pat
     data = tmp_path / "train.jsonl"
     data.write_bytes(jsonl(chat_examples()))
     monkeypatch.setenv("CLINIC_KEY", KEY_A)
-    code = openai_finetune(["--base_url", ft_app["url"], "--api_key_env", "CLINIC_KEY", "--training_file", str(data),
+    code = openai_finetune(["--api-base", ft_app["url"], "--api_key_env", "CLINIC_KEY", "--training_file", str(data),
                             "--model", BASE, "--suffix", "long", "--n_epochs", "40"])
     assert code == 0
     job_id = json.loads(capsys.readouterr().out.splitlines()[0])["job"]["id"]
