@@ -391,3 +391,19 @@ def test_publishing_copies_only_the_adapter_and_marks_its_owner(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         publish_adapter(storage, "jobs/ftjob-1/output", adapters, "ft:tiny:x:ftjob-1", "o", "ftjob-1")
     assert not (adapters / "ft:tiny:x:ftjob-1").exists() and not list(adapters.glob(".staging-*"))
+
+
+def test_a_job_folder_behind_a_uri_is_staged_locally_and_its_outputs_copied_back(tmp_path):
+    # file:// goes through the same pyarrow code as s3:// or gs://, so the remote path of the Ray job entry is exercised
+    from caregpt.finetune.storage import fetch, push_dir
+
+    storage = Storage(f"file://{tmp_path / 'root'}")
+    storage.write_bytes("jobs/ftjob-1/train.json", b"{}")
+    storage.write_bytes("jobs/ftjob-1/data/train.jsonl", b"{}\n")
+    uri = f"file://{tmp_path / 'root'}/jobs/ftjob-1"
+    local = fetch(uri, tmp_path / "scratch" / "job")
+    assert (local / "train.json").read_bytes() == b"{}" and (local / "data" / "train.jsonl").is_file()
+    (local / "output").mkdir()
+    (local / "output" / "adapter_config.json").write_text("{}")
+    push_dir(local / "output", uri + "/output")
+    assert storage.read_bytes("jobs/ftjob-1/output/adapter_config.json") == b"{}"

@@ -62,9 +62,6 @@ class Storage:
         with self.fs.open_input_stream(self.path(relative)) as handle:
             return handle.read()
 
-    def open(self, relative: str):
-        return self.fs.open_input_stream(self.path(relative))
-
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
 
@@ -85,19 +82,6 @@ class Storage:
                     shutil.copyfileobj(src, dst, CHUNK)
                 copied.append(info.base_name)
         return copied
-
-    def download_dir(self, relative: str, local: Path) -> Path:
-        """A folder of the root copied to a local folder (a no-op copy for a local root)."""
-        local.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self.path(relative), str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
-        return local
-
-
-def open_root(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, base path) for a root given to a Ray job: a local path or a URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def fetch(uri: str, local: Path) -> Path:
