@@ -281,6 +281,8 @@ def test_the_failure_reason_is_the_last_error_line():
     assert failure_reason(logs, "fallback") == "RuntimeError: training diverged"
     assert failure_reason("caregpt train: error: dataset 'x' is empty\n", "f") == "caregpt train: error: dataset 'x' is empty"
     assert failure_reason("nothing useful", "fallback") == "fallback"
+    ray_failure = "  File x\nray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: TrainController\n"
+    assert failure_reason(ray_failure, "f") == "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."
 
 
 def test_settings_need_a_local_state_dir_for_uri_roots(tmp_path):

@@ -28,7 +28,7 @@ from caregpt.finetune.validation import KINDS, check_file, training_rows
 logger = logging.getLogger("ray.serve").getChild("caregpt.finetune")
 
 PROGRESS = re.compile(r"\[caregpt\] (?:\[[#.]+\] )?step (\d+)(?:/(\d+))?([^\n]*)")
-ERROR_LINE = re.compile(r"(caregpt train: error: .+|^\w+(?:Error|Exception): .+)", re.MULTILINE)
+ERROR_LINE = re.compile(r"(caregpt train: error: .+|^[\w.]+(?:Error|Exception): .+)", re.MULTILINE)
 LOG_TAIL_BYTES = 1 << 20
 
 
