@@ -1,85 +1,58 @@
 """Chat with a model loaded in this process (the seed's `cli_demo.py --model_name_or_path ... --checkpoint_dir ...`).
 
-The prompt is rendered with the same template code that training used (`encode_prompt`), so a fine-tuned
-checkpoint sees exactly the format it learned. Tokens are streamed with transformers'
-``TextIteratorStreamer`` while ``generate`` runs in a background thread; a threading event lets Ctrl-C
-stop the generation between two tokens.
+The model is loaded by the one inference loader (:mod:`caregpt.models.inference`: base, adapters,
+k-bit, the template recorded with the checkpoint) and answers through the serving engine itself
+(:class:`caregpt.serve.hf_engine.TransformersEngine`, continuous batching), run on a private event
+loop thread: the same token loop, sampling, incremental decoding and stop-string handling as
+`caregpt serve`, so a local answer and a served one cannot drift apart. The prompt is rendered
+with the template code training used (``encode_prompt``). Closing the stream (Ctrl-C, the Stop
+button) cancels the request inside the engine.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from caregpt.chat.api import ChatApiError, Delta
-from caregpt.config.loader import RESOLVED_CONFIG_NAME, ConfigError, load_config, read_yaml
+from caregpt.config.loader import load_config
 
 logger = logging.getLogger("caregpt.chat.local")
 
-DEFAULT_TEMPLATE = "default"
+_POLL_S = 0.1  # how often the consumer wakes to notice Ctrl-C while waiting for tokens
+_MAX_STREAMS = 4  # one conversation at a time; a few slots for a web UI's overlapping requests
 
 
-def resolve_template(template: str | None, model_dir: str, adapters: list[str]) -> str:
-    """--template, else the one the checkpoint (last adapter, then model dir) was trained with, else `default`.
+class _LoopThread:
+    """An asyncio loop on a daemon thread: the engine is async, the chat REPL is not."""
 
-    Every training output carries its resolved config, so a checkpoint knows its own template and the
-    user need not repeat it.
-    """
-    if template:
-        return template
-    for directory in [*reversed(adapters), model_dir]:
-        resolved = Path(directory) / RESOLVED_CONFIG_NAME
-        if resolved.is_file():
-            try:
-                name = read_yaml(resolved).get("template")
-            except Exception:  # noqa: BLE001 - an unreadable file only means "no hint here"
-                name = None
-            if name:
-                logger.info("using template %r from %s", name, resolved)
-                return str(name)
-    return DEFAULT_TEMPLATE
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="caregpt-chat-engine", daemon=True)
+        self.thread.start()
 
+    def submit(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-class _StopFilter:
-    """Cut the streamed text at the first stop string, holding back a tail that may be one's beginning."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops = tuple(s for s in stops if s)
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.pending += text
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                self.stopped = True
-                out, self.pending = self.pending[:at], ""
-                return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        out = self.pending[: len(self.pending) - keep]
-        self.pending = self.pending[len(out):]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
 
 
 class LocalChat:
-    """Load base model (+ adapters merged in) and tokenizer once; stream answers for a message list."""
+    """Load base model (+ adapters) and tokenizer once; stream answers for a message list."""
 
-    def __init__(self, model_name_or_path: str, *, checkpoint_dir: list[str] | None = None, template: str | None = None, extra: dict[str, Any] | None = None):
-        import torch
-        from transformers import AutoTokenizer
-
-        from caregpt.data.templates import get_template
-        from caregpt.models.loader import load_model, validate_model
+    def __init__(self, model_name_or_path: str, *, checkpoint_dir: list[str] | None = None, template: str | None = None,
+                 extra: dict[str, Any] | None = None, seed: int | None = None):
+        from caregpt.models.inference import InferenceSpec, load_for_inference
+        from caregpt.models.loader import validate_model
+        from caregpt.serve.hf_engine import TransformersEngine
 
         adapters = list(checkpoint_dir or [])
         overrides = dict(extra or {})
@@ -89,39 +62,23 @@ class LocalChat:
         overrides["finetuning_type"] = "lora" if overrides.get("quantization_bit") else "full"
         overrides.setdefault("lora_target", "all")
         overrides["cutoff_len"] = 8  # a training length limit; chat fits the prompt to the model itself
-        overrides["template"] = resolve_template(template, model_name_or_path, adapters)
-        config = load_config(None, overrides)
+        overrides["template"] = template or "default"  # validated here; None lets the loader resolve it
+        config = load_config(None, overrides)  # unknown / invalid --key value flags fail here, named
         validate_model(config)  # wrong paths / not an adapter dir: one clear ConfigError, before loading weights
+        # --template, else the one recorded with the checkpoint, else the tokenizer's own, else `default`
+        loaded = load_for_inference(InferenceSpec.from_run_config(config, template=template or None))
         self.model_name = Path(model_name_or_path).name or model_name_or_path
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            config.model.model_name_or_path, trust_remote_code=config.model.trust_remote_code, use_fast=config.model.use_fast_tokenizer
-        )
-        try:
-            self.template = get_template(config.data.template, self.tokenizer)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        model = load_model(config, for_training=False)
-        if adapters:
-            model = _apply_adapters(model, adapters)
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.max_positions = getattr(model.config, "max_position_embeddings", None) or 2048
-        self._torch = torch
-        self._stop_ids = self._single_token_stops()
-
-    def _single_token_stops(self) -> list[int]:
-        # Stop strings that are one token in this vocabulary stop `generate` directly (cheapest check);
-        # the text filter still cuts any that arrive split across tokens.
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        for stop in self.template.stop_strings:
-            tok = self.tokenizer.convert_tokens_to_ids(stop)
-            if isinstance(tok, int) and tok != self.tokenizer.unk_token_id:
-                ids.add(tok)
-        return sorted(ids)
+        self.tokenizer, self.template, self.model = loaded.tokenizer, loaded.template, loaded.model
+        self.max_positions = loaded.max_positions
+        self._seeds = itertools.count(seed) if seed is not None else None  # reproducible, yet each answer differs
+        self._requests = itertools.count()
+        self._loop = _LoopThread()
+        self.engine = TransformersEngine(self.model, self.tokenizer, template_stops=self.template.stop_strings,
+                                         max_batch_size=_MAX_STREAMS, max_model_len=self.max_positions)
 
     def _prompt_ids(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
         # Drop the oldest turns (never the system prompt or the question) until the prompt fits.
-        budget = max(self.max_positions - max_new_tokens, 16)
+        budget = max(self.engine.max_model_len - max_new_tokens, 16)
         msgs = list(messages)
         ids = self.template.encode_prompt(self.tokenizer, msgs)
         start = 1 if msgs and msgs[0]["role"] == "system" else 0
@@ -130,87 +87,55 @@ class LocalChat:
             ids = self.template.encode_prompt(self.tokenizer, msgs)
         return ids[-budget:]
 
-    def stream(self, messages: list[dict[str, str]], *, model: str | None = None, temperature: float | None = 0.7, top_p: float | None = 0.9, max_tokens: int | None = 512) -> Iterator[Delta]:
+    def stream(self, messages: list[dict[str, str]], *, model: str | None = None, temperature: float | None = 0.7,
+               top_p: float | None = 0.9, max_tokens: int | None = 512) -> Iterator[Delta]:
         """Yield the answer text as it is generated (model is accepted for symmetry with ApiChat)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from caregpt.serve.engine import GenerationRequest
+        from caregpt.serve.sampling import SamplingParams
 
-        torch = self._torch
-        max_new = int(max_tokens or 512)
+        max_new = max(1, min(int(max_tokens or 512), self.engine.max_model_len - 16))
         try:
             ids = self._prompt_ids(messages, max_new)
         except ValueError as exc:  # a malformed conversation (roles out of order)
             raise ChatApiError(f"cannot render the conversation with template {self.template.name!r}: {exc}") from None
-        cancel = threading.Event()
-
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sample = bool(temperature and temperature > 0)
-        kwargs: dict[str, Any] = dict(
-            input_ids=torch.tensor([ids], device=self.device),
-            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
-            max_new_tokens=max_new,
-            do_sample=sample,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-            eos_token_id=self._stop_ids or None,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self._stop_ids or [0])[0],
+        params = SamplingParams(
+            max_tokens=max_new,
+            temperature=float(temperature) if temperature else 0.0,  # 0 / None: greedy
+            top_p=float(top_p) if top_p else 1.0,
+            seed=next(self._seeds) if self._seeds is not None else None,
         )
-        if sample:
-            kwargs.update(temperature=float(temperature), top_p=float(top_p) if top_p else 1.0)
-        else:  # greedy: unset the sampling knobs a generation_config may carry, so transformers does not warn
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        failure: list[BaseException] = []
+        request = GenerationRequest(f"chat-{next(self._requests)}", ids, params)
+        events: queue.Queue = queue.Queue()
 
-        def run() -> None:
+        async def pump() -> None:
             try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs)
+                async for out in self.engine.generate(request):
+                    events.put(("text", out.text))
+            except asyncio.CancelledError:
+                raise
             except BaseException as exc:  # noqa: BLE001 - reported in the caller's thread
-                failure.append(exc)
-                streamer.end()  # unblock the consumer
+                events.put(("error", exc))
+            finally:
+                events.put(("end", None))
 
-        thread = threading.Thread(target=run, name="caregpt-chat-generate", daemon=True)
-        thread.start()
-        stops = _StopFilter(self.template.stop_strings)
-        drained = False  # the streamer's end signal was read: iterating again would block forever
+        future = self._loop.submit(pump())
         try:
-            for piece in streamer:
-                text = stops.feed(piece)
-                if text:
-                    yield Delta(text=text)
-                if stops.stopped:
+            while True:
+                try:
+                    kind, item = events.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if kind == "end":
                     break
-            else:
-                drained = True
-            tail = stops.flush()
-            if tail:
-                yield Delta(text=tail)
+                if kind == "error":
+                    detail = str(item).splitlines()[0] if str(item) else ""
+                    raise ChatApiError(f"generation failed: {type(item).__name__}: {detail}")
+                if item:
+                    yield Delta(text=item)
         finally:
-            cancel.set()  # done, stopped at a stop string, or the consumer went away (Ctrl-C, Stop button)
-            if not drained:
-                for _ in streamer:  # generate returns after at most one more token, then ends the streamer
-                    pass
-            thread.join()
-        if failure:
-            exc = failure[0]
-            detail = str(exc).splitlines()[0] if str(exc) else ""
-            raise ChatApiError(f"generation failed: {type(exc).__name__}: {detail}")
+            future.cancel()  # done, or the consumer went away (Ctrl-C, Stop button): the engine drops the request
 
-
-def _apply_adapters(model, adapters: list[str]):
-    """Merge each LoRA adapter into the base weights (plain-model speed); on a quantised base, where
-    merging would need full-precision weights, keep them as unmerged adapters instead."""
-    from peft import PeftModel
-
-    from caregpt.models.adapters import is_quantized
-
-    quantized = is_quantized(model)
-    for path in adapters:
-        model = PeftModel.from_pretrained(model, path)
-        if not quantized:
-            model = model.merge_and_unload()
-        logger.info("%s adapter %s", "loaded" if quantized else "merged", path)
-    return model
+    def close(self) -> None:
+        """Stop the engine's generation thread and the event loop."""
+        self.engine.shutdown()
+        self._loop.close()

@@ -60,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="LoRA adapter(s) to merge into the base model, comma separated.")
     local.add_argument("--template", metavar="NAME",
                        help="Chat template (default, chatml, llama2, llama3, qwen, baichuan2, mistral, auto); "
-                       "default: the one the checkpoint was trained with, else `default`.")
+                       "default: the one the checkpoint was trained with, else the tokenizer's own (auto), else `default`.")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--system", metavar="TEXT", default=None, help="System prompt for the conversation.")
     gen.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature; 0 = greedy (default: 0.7).")
     gen.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=0.9, help="Nucleus sampling top-p (default: 0.9).")
     gen.add_argument("--seed", type=int, default=None,
-                     help="Seed the sampler of a local model, so the same question gets the same answer.")
+                     help="Seed the sampler of a local model, so a session's answers repeat run to run (answer k uses seed+k).")
     gen.add_argument("--max_new_tokens", "--max-new-tokens", "--max_tokens", dest="max_new_tokens", type=int, default=512,
                      help="Longest answer in tokens (default: 512).")
     return parser
@@ -189,12 +189,8 @@ def _open_backend(args: argparse.Namespace, extra: list[str], notices: IO[str]) 
     if positional:
         raise ChatApiError(f"unexpected argument(s) {positional}; see `caregpt chat --help`")
     adapters = [p.strip() for p in (args.checkpoint_dir or "").split(",") if p.strip()]
-    if args.seed is not None:
-        from transformers import set_seed
-
-        set_seed(args.seed)
     _say(f"Loading {args.model_name_or_path}{' + ' + ', '.join(adapters) if adapters else ''} ...", notices)
-    backend = LocalChat(args.model_name_or_path, checkpoint_dir=adapters, template=args.template, extra=overrides)
+    backend = LocalChat(args.model_name_or_path, checkpoint_dir=adapters, template=args.template, extra=overrides, seed=args.seed)
     _say(f"Chatting with the local model {backend.model_name!r} (template {backend.template.name!r}).", notices)
     return backend, backend.model_name
 
@@ -229,7 +225,12 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None, std
         _say(f"{DISCLAIMER}\n{COMMANDS_HELP}", stdout)
     gen = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_new_tokens}
     repl = Repl(backend, model=model, system=args.system, gen=gen, stdin=stdin, stdout=stdout, stderr=stderr, interactive=interactive)
-    return repl.run()
+    try:
+        return repl.run()
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()  # a local model's engine thread
 
 
 __all__ = ["Delta", "Repl", "build_parser", "main"]

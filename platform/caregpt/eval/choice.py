@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from caregpt.config.loader import RESOLVED_CONFIG_NAME, ConfigError, load_config
+from caregpt.config.loader import ConfigError
 from caregpt.eval.choice_data import ChoiceItem, build_messages, choose_shots
 from caregpt.eval.choice_parse import extract_choice
 
@@ -46,80 +45,19 @@ class ChoiceSettings:
 
 def checkpoint_defaults(checkpoint_dir: list[str] | None) -> dict[str, Any]:
     """model_name_or_path / template recorded beside the last adapter by `caregpt train`, if any."""
-    import yaml
+    from caregpt.models.inference import recorded_settings
 
-    if not checkpoint_dir:
-        return {}
-    saved = Path(checkpoint_dir[-1]).expanduser() / RESOLVED_CONFIG_NAME
-    if not saved.is_file():
-        return {}
-    data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    return {k: data[k] for k in ("model_name_or_path", "template") if data.get(k)}
-
-
-def _adapter_base(path: Path) -> str:
-    import json
-
-    from caregpt.models.adapters import ADAPTER_CONFIG_NAME
-
-    try:
-        return str(json.loads((path / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path") or "unknown")
-    except (OSError, ValueError):
-        return "unknown"
-
-
-def _attach_adapters(model, adapters: list[str], base: str):
-    """Base + LoRA adapters for inference: merged (faster forward passes), unless the base is quantised."""
-    import warnings
-
-    from peft import PeftModel
-
-    from caregpt.models.adapters import ADAPTER_CONFIG_NAME, is_quantized
-
-    for entry in adapters:
-        path = Path(entry).expanduser()
-        if not (path / ADAPTER_CONFIG_NAME).is_file():
-            raise ConfigError(f"checkpoint_dir entry {entry!r} is not an adapter directory (no {ADAPTER_CONFIG_NAME})")
-        try:
-            with warnings.catch_warnings():
-                # peft probes a transformers attribute deprecated in 5.2x: noise nobody can act on
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                model = PeftModel.from_pretrained(model, str(path))
-        except RuntimeError as exc:  # shape mismatches: the adapter was trained on another base
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else repr(exc))[:300]
-            raise ConfigError(
-                f"adapter {entry!r} does not fit the base model {base!r}: it was trained on "
-                f"{_adapter_base(path)!r} ({detail}); pass that base model as --model_name_or_path"
-            ) from None
-        if not is_quantized(model):
-            model = model.merge_and_unload()
-    model.eval()
-    return model
+    return recorded_settings(checkpoint_dir or [])
 
 
 def load_eval_model(model_name_or_path: str, checkpoint_dir: list[str] | None = None, *, template: str = "default",
                     trust_remote_code: bool = False, device: str | None = None):
-    """(model in eval mode, tokenizer, bound chat template) for scoring."""
-    from caregpt.data.templates import get_template
-    from caregpt.data.tokenize import load_tokenizer
-    from caregpt.models.loader import load_model, resolve_model_source
+    """(model in eval mode, tokenizer, bound chat template) for scoring, from the one inference loader."""
+    from caregpt.models.inference import InferenceSpec, load_for_inference
 
-    config = load_config(None, {
-        "model_name_or_path": model_name_or_path,
-        "checkpoint_dir": list(checkpoint_dir or []) or None,
-        "template": template,
-        "trust_remote_code": trust_remote_code,
-    })
-    source, _ = resolve_model_source(config)  # ConfigError naming a missing / wrong directory
-    tokenizer = load_tokenizer(source, trust_remote_code)
-    try:
-        chat = get_template(template, tokenizer)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    model = load_model(config, for_training=False, device=device)
-    model = _attach_adapters(model, list(checkpoint_dir or []), source)
-    return model, tokenizer, chat
+    loaded = load_for_inference(InferenceSpec(model_name_or_path, tuple(checkpoint_dir or ()), template=template,
+                                              trust_remote_code=trust_remote_code, device=device))
+    return loaded.model, loaded.tokenizer, loaded.template
 
 
 def _max_positions(model) -> int | None:
@@ -226,19 +164,16 @@ def likelihood_predictions(model, tokenizer, items, prompts, letter_ids: dict[st
 
 
 def _stop_ids(template, tokenizer) -> list[int]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for stop in template.stop_strings:
-        encoded = tokenizer.encode(stop, add_special_tokens=False)
-        if len(encoded) == 1:  # single-token stops end generation early; longer ones are cut afterwards
-            ids.append(encoded[0])
-    return list(dict.fromkeys(ids))
+    # single-token stops end generation early; longer ones are cut afterwards (the inference loader's rule)
+    from caregpt.models.inference import stop_token_ids
+
+    return stop_token_ids(tokenizer, template.stop_strings)[0]
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:
-    for stop in stops:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
+    from caregpt.models.inference import cut_at_stops
+
+    return cut_at_stops(text, stops)
 
 
 def generate_predictions(model, tokenizer, template, items, prompts, batch_size: int, max_new_tokens: int,

@@ -3,7 +3,8 @@
 ``PromptGenerator`` is a Ray Data class-based UDF: Ray starts ``num_workers`` of them, each loads
 the model once (base + ``checkpoint_dir`` adapters, merged unless the base is quantised) and then
 answers batch after batch. Prompts go through the same chat template code as training
-(``Template.encode_prompt``), so the model sees exactly the prompt layout it was trained on.
+(``Template.encode_prompt``), so the model sees exactly the prompt layout it was trained on. The
+model, template and stop ids come from the one inference loader (:mod:`caregpt.models.inference`).
 
 Batched generation pads on the LEFT, so every row's last prompt token sits at the same position and
 new tokens are appended after it for the whole batch (verified: a left-padded batch yields the same
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
+
+from caregpt.models.inference import cut_at_stops
 
 logger = logging.getLogger("caregpt.eval.generation")
 
@@ -62,31 +65,6 @@ class GenerationSettings:
         return kwargs
 
 
-def stop_token_ids(tokenizer, stop_strings: tuple[str, ...]) -> tuple[list[int], list[str]]:
-    """(token ids that end generation, stop strings that span several tokens).
-
-    A stop string that is one token (``<|im_end|>``) is cheapest as an eos id; longer ones
-    (``\\nHuman:``) need transformers' string matching during generation.
-    """
-    ids: list[int] = []
-    eos = tokenizer.eos_token_id
-    ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-    multi: list[str] = []
-    for text in stop_strings:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.append(encoded[0])
-        elif encoded:
-            multi.append(text)
-    return list(dict.fromkeys(ids)), multi
-
-
-def cut_at_stops(text: str, stop_strings: list[str]) -> str:
-    """The answer up to the first stop string (generation may run a few tokens past one)."""
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-    return text[:cut].strip()
-
-
 def split_prompt(roles: list[str], contents: list[str]) -> tuple[list[dict[str, str]], str]:
     """(the conversation up to the last user turn, the reference answer)."""
     messages = [{"role": str(r), "content": str(c)} for r, c in zip(roles, contents)]
@@ -100,10 +78,7 @@ class PromptGenerator:
         import torch
 
         from caregpt.config.loader import config_from_json
-        from caregpt.data.templates import get_template
-        from caregpt.data.tokenize import load_tokenizer
-        from caregpt.models.adapters import _merge_adapters, _quiet_peft
-        from caregpt.models.loader import load_model
+        from caregpt.models.inference import InferenceSpec, load_for_inference
 
         config = config_from_json(config_json)
         self.settings = GenerationSettings(**json.loads(settings_json))
@@ -111,26 +86,14 @@ class PromptGenerator:
             torch.set_num_threads(threads)  # actors of one node share its cores
         torch.manual_seed(config.train.seed)  # only matters with do_sample
         device = "cuda" if config.ray.use_gpu and torch.cuda.is_available() else "cpu"
-        self.tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code, config.model.use_fast_tokenizer)
-        self.template = get_template(config.data.template, self.tokenizer)
+        # the one inference loader: adapters merged (no per-token cost) unless the base is quantised
+        loaded = load_for_inference(InferenceSpec.from_run_config(config, device=device))
+        self.tokenizer, self.template, self.model = loaded.tokenizer, loaded.template, loaded.model
         self.cutoff_len = config.data.cutoff_len
-        model = load_model(config, for_training=False, device=device)
-        adapters = list(config.model.checkpoint_dir or [])
-        if adapters and config.model.quantization_bit:
-            # a quantised base cannot take merged weights: keep the (single, checked on the driver) adapter apart
-            from peft import PeftModel
-
-            with _quiet_peft():
-                model = PeftModel.from_pretrained(model, adapters[0])
-        elif adapters:
-            model = _merge_adapters(model, adapters)  # merged: no adapter overhead per token
-        model.eval()
-        model.generation_config.use_cache = True
-        self.model = model
         self.device = torch.device(device)
-        self.eos_ids, self.multi_stops = stop_token_ids(self.tokenizer, self.template.stop_strings)
+        self.eos_ids, self.multi_stops = loaded.stop_ids, loaded.text_stops
         self.stop_strings = list(self.template.stop_strings)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.pad_id = loaded.pad_id
         logger.info("generator ready on %s (pid %s, %s threads)", device, os.getpid(), torch.get_num_threads())
 
     def _encode(self, prompt: list[dict[str, str]]) -> tuple[list[int], bool]:

@@ -37,10 +37,12 @@ class LocalEncoder:
     def _load(self):
         if self._model is None:
             import torch
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoTokenizer
+
+            from caregpt.models.loader import load_encoder
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-            self._model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
+            self._model = load_encoder(self.model_dir)
             self._torch = torch
         return self._model, self._tokenizer
 

@@ -119,19 +119,10 @@ def read_adapter(path: str | Path) -> AdapterInfo:
 
 
 def checkpoint_defaults(adapters: list[str], model: str | None = None) -> dict[str, Any]:
-    """Settings a checkpoint recorded, for flags the user left unset.
+    """Settings a checkpoint recorded, for flags the user left unset (see models.inference.recorded_settings)."""
+    from caregpt.models.inference import recorded_settings
 
-    With adapters: model_name_or_path and template of the last one's training config. Without: the
-    template of a model directory that caregpt wrote (a full fine-tune or an export); its
-    model_name_or_path names the model it started from, so that one is not taken.
-    """
-    if adapters:
-        training = _read_optional_yaml(Path(adapters[-1]).expanduser() / RESOLVED_CONFIG_NAME) or {}
-        return {k: training[k] for k in ("model_name_or_path", "template") if training.get(k)}
-    if model:
-        training = _read_optional_yaml(Path(model).expanduser() / RESOLVED_CONFIG_NAME) or {}
-        return {"template": training["template"]} if training.get("template") else {}
-    return {}
+    return recorded_settings(adapters, model)
 
 
 def load_with_checkpoint_defaults(argv: list[str]) -> tuple[Any, set[str]]:

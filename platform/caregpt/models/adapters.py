@@ -12,20 +12,18 @@ The structural helpers (:func:`find_decoder_layers`, :func:`linear_module_names`
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caregpt.config.loader import ConfigError
+from caregpt.models.inference import ADAPTER_CONFIG_NAME, attach_adapters, quiet_peft
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torch import nn
 
 logger = logging.getLogger("caregpt.models.adapters")
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
 # Class names rather than isinstance checks so that nothing here needs bitsandbytes imported.
 _QUANTIZED_LINEAR = ("Linear4bit", "Linear8bitLt")
 _LINEAR = ("Linear", "Conv1D", *_QUANTIZED_LINEAR)  # Conv1D: GPT-2 style projections
@@ -129,30 +127,9 @@ def _log_trainable(model: nn.Module) -> None:
     logger.info("trainable params: %s || all params: %s || trainable%%: %.4f", f"{trainable:,}", f"{total:,}", pct)
 
 
-def _check_adapter_dir(path: str) -> None:
-    if not (Path(path) / ADAPTER_CONFIG_NAME).is_file():
-        raise ConfigError(f"checkpoint_dir entry {path!r} is not an adapter directory (no {ADAPTER_CONFIG_NAME})")
-
-
-def _quiet_peft():
-    # peft 0.21 probes `model.is_gradient_checkpointing`, which transformers 5.2x deprecated in favour
-    # of `is_activation_checkpointing`: one FutureWarning per wrap that nobody can act on.
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    return stack
-
-
 def _merge_adapters(model: nn.Module, adapters: list[str]) -> nn.Module:
-    from peft import PeftModel
-
-    for path in adapters:
-        _check_adapter_dir(path)
-        # safe_merge checks for NaNs before overwriting the base weights.
-        with _quiet_peft():
-            model = PeftModel.from_pretrained(model, path).merge_and_unload(safe_merge=True)
-        logger.info("merged adapter %s into the base model", path)
-    return model
+    """The adapters folded into the base weights (the inference loader's merge, safe_merge)."""
+    return attach_adapters(model, adapters, merge=True)
 
 
 def _lora_config(config: Any, reward_head: bool = False):
@@ -173,7 +150,7 @@ def _lora_config(config: Any, reward_head: bool = False):
 
 
 def _apply_lora(model: nn.Module, config: Any, resume_from: str | None) -> nn.Module:
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if is_quantized(model):
         # Freezes the base, upcasts norms / embeddings to fp32 for stable adapter training.
@@ -181,13 +158,11 @@ def _apply_lora(model: nn.Module, config: Any, resume_from: str | None) -> nn.Mo
         # deprecated transformers entry point this would call), so it is not requested here.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if resume_from is not None:
-        _check_adapter_dir(resume_from)
         # The saved adapter_config.json (rank, alpha, targets) wins over config.finetune.
-        with _quiet_peft():
-            model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+        model = attach_adapters(model, [resume_from], merge=False, trainable=True)
         logger.info("resuming LoRA training from %s", resume_from)
         return model
-    with _quiet_peft():
+    with quiet_peft():
         return get_peft_model(model, _lora_config(config, reward_head=hasattr(model, "score")))
 
 

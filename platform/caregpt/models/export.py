@@ -73,17 +73,6 @@ def plan_export(config: RunConfig, overwrite: bool, export_dtype: str) -> tuple[
     return model, infos
 
 
-def _stop_ids(tokenizer, template) -> list[int]:
-    """eos ids plus the template's one-token stop strings (e.g. <|im_end|>): where generation ends."""
-    eos = tokenizer.eos_token_id
-    ids = list(eos) if isinstance(eos, list) else ([eos] if eos is not None else [])
-    for text in template.stop_strings:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.append(encoded[0])
-    return list(dict.fromkeys(ids))
-
-
 def _generation_config(model, model_dir: str, stop_ids: list[int], pad_id: int | None):
     from transformers import GenerationConfig
 
@@ -155,10 +144,8 @@ def export_model(
     import torch
     from transformers import AutoTokenizer
 
-    from caregpt.data.templates import get_template
-    from caregpt.models.adapters import _merge_adapters
     from caregpt.models.chat_jinja import template_to_jinja
-    from caregpt.models.loader import load_model
+    from caregpt.models.inference import InferenceSpec, bind_template, default_template, load_inference_model, stop_token_ids
 
     if export_size <= 0:
         raise ConfigError(f"export_size={export_size}: the shard size in GB must be > 0 (e.g. 2, or 0.5)")
@@ -167,22 +154,21 @@ def export_model(
     output_dir = Path(config.train.output_dir).expanduser().resolve()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=config.model.trust_remote_code, use_fast=config.model.use_fast_tokenizer)
     # no template named: keep the tokenizer's own chat template, or write the default one where it has none
-    name = template or ("auto" if tokenizer.chat_template else "default")
     try:
-        tpl = get_template(name, tokenizer)
-    except ValueError as exc:
+        tpl = bind_template(template or default_template(tokenizer), tokenizer)
+    except ConfigError as exc:
         raise ConfigError(f"template {template!r}: {exc}") from None
 
     # float32, un-quantised, on the CPU: merged weights must be exact, whatever the training precision
-    float_config = config.model_copy(deep=True)
-    float_config.model.quantization_bit = None
-    float_config.model.attn_implementation = "sdpa"  # the merge runs on the CPU
     if config.model.quantization_bit:
         logger.info("quantization_bit=%s ignored: merging loads the base in float32", config.model.quantization_bit)
-    model = load_model(float_config, for_training=False, device="cpu")
-    if model.dtype != torch.float32:  # a GPU-less load is float32 already; be explicit for any other path
-        model = model.to(torch.float32)
-    model = _merge_adapters(model, [str(info.path) for info in infos])
+    spec = InferenceSpec.from_run_config(
+        config, model_name_or_path=model_dir, adapters=tuple(str(info.path) for info in infos), quantization_bit=None,
+        attn_implementation="sdpa", device="cpu", bf16=False, fp16=False,  # the merge runs on the CPU, in float32
+    )
+    model = load_inference_model(spec)
+    if model.dtype != torch.float32:  # a CPU load is float32 already; be explicit for any other path
+        raise RuntimeError(f"the merge must run in float32, the base loaded as {model.dtype}")
     model = model.to(dtype)
     model.config.use_cache = True
 
@@ -195,7 +181,7 @@ def export_model(
             tokenizer.chat_template = template_to_jinja(tpl)
         tokenizer.save_pretrained(str(staging))
         pad_id = tokenizer.pad_token_id
-        _generation_config(model, model_dir, _stop_ids(tokenizer, tpl), pad_id).save_pretrained(str(staging))
+        _generation_config(model, model_dir, stop_token_ids(tokenizer, tpl.stop_strings)[0], pad_id).save_pretrained(str(staging))
         for shard in staging.glob("*.safetensors"):
             shard.chmod(0o644)  # written 0600 by a temp-file rename; a serving user must be able to read them
         pickled = sorted(p.name for p in staging.iterdir() if p.suffix in (".bin", ".pt", ".pkl"))

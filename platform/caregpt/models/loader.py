@@ -234,6 +234,8 @@ def _fix_bnb_cpu_inference(model: PreTrainedModel, for_training: bool) -> None:
 def load_model(config: Any, *, for_training: bool = True, device: str | None = None, reward_head: bool = False) -> PreTrainedModel:
     """The base model from config.model, on `device` (default: cuda if available, else cpu).
 
+    The only place model weights are read (training, and inference through
+    :mod:`caregpt.models.inference`): safetensors only, remote code only when asked.
     reward_head: load it as a sequence classifier with one output (the rm stage's reward model);
     the new `score` head is initialised here and trained with the adapters.
     """
@@ -250,6 +252,7 @@ def load_model(config: Any, *, for_training: bool = True, device: str | None = N
         "attn_implementation": mc.attn_implementation,
         "dtype": resolve_dtype(config, dev, for_training=for_training),
         "local_files_only": _offline() and not local,
+        "use_safetensors": True,  # pickle weight files run code when loaded: never read them
     }
     if mc.quantization_bit:
         if for_training and config.finetune.finetuning_type != "lora":
@@ -266,6 +269,10 @@ def load_model(config: Any, *, for_training: bool = True, device: str | None = N
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ImportError as exc:  # bitsandbytes / flash-attn missing or unusable on this machine
         raise ConfigError(f"cannot load {source!r} with these settings: {exc}") from None
+    except OSError as exc:
+        if "safetensors" in str(exc) or ".bin" in str(exc):
+            raise ConfigError(f"{source!r} has no safetensors weights (pickled .bin files are refused: they run code when loaded): {str(exc).splitlines()[0]}") from None
+        raise
     if mc.quantization_bit:
         _fix_bnb_cpu_inference(model, for_training)
     else:
@@ -294,3 +301,10 @@ def load_model(config: Any, *, for_training: bool = True, device: str | None = N
         dev,
     )
     return model
+
+
+def load_encoder(model_dir: str) -> PreTrainedModel:
+    """A local text encoder (the knowledge base's embedding model) in eval mode: safetensors only, no remote code."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, trust_remote_code=False).eval()

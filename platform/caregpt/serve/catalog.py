@@ -16,9 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from caregpt.config.loader import RESOLVED_CONFIG_NAME, read_yaml
 from caregpt.finetune.tenancy import visible
-from caregpt.models.adapters import ADAPTER_CONFIG_NAME
+from caregpt.models.inference import ADAPTER_CONFIG_NAME, recorded_template  # noqa: F401 - recorded_template: the one reader, used by server.py too
 from caregpt.serve.config import ServeConfig
 from caregpt.serve.errors import APIError, bad_request, model_not_found
 
@@ -36,22 +35,6 @@ class ModelRef:
     name: str
     adapter: str  # '' for the base model
     template: str | None  # recorded template name, None when nothing is recorded
-
-
-def recorded_template(*directories: str | Path) -> str | None:
-    """The template a training run recorded in caregpt_config.yaml, looking in the directories in order."""
-    for directory in directories:
-        path = Path(directory) / RESOLVED_CONFIG_NAME
-        if not path.is_file():
-            continue
-        try:
-            name = read_yaml(path).get("template")
-        except Exception:  # noqa: BLE001 - an unreadable record only means "no hint here"
-            logger.warning("cannot read %s; ignoring its template", path)
-            continue
-        if name:
-            return str(name)
-    return None
 
 
 class Catalog:

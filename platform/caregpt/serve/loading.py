@@ -1,7 +1,7 @@
 """Load what a model replica serves: the tokenizer, the base model (with checkpoint_dir merged), adapters.
 
-The base goes through :func:`caregpt.models.loader.load_model`, the same loader training uses
-(device, dtype, quantisation, no remote code unless allowed). An adapter requested by name is
+The base and its checkpoint_dir adapters go through :mod:`caregpt.models.inference`, the one
+inference loader (device, dtype, quantisation, safetensors only, no remote code unless allowed). An adapter requested by name is
 merged into its own copy of the base: generation then runs at full speed with no per-token
 adapter cost, at the price of one model copy per loaded adapter (bounded by
 ``max_loaded_adapters`` and unloaded least-recently-used first). That suits the small models the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,59 +36,55 @@ def run_config(config: ServeConfig):
     return load_config(None, values)
 
 
+def inference_spec(config: ServeConfig, device: str | None = None):
+    """The shared inference loader's spec for the served base model."""
+    from caregpt.models.inference import InferenceSpec
+
+    return InferenceSpec(
+        model_name_or_path=config.model_name_or_path,
+        adapters=tuple(config.checkpoint_dir or ()),
+        template=config.template or None,
+        quantization_bit=config.quantization_bit,
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=config.attn_implementation,
+        device=device,
+    )
+
+
 def load_tokenizer(config: ServeConfig):
-    from transformers import AutoTokenizer
+    from caregpt.models.inference import load_tokenizer as load
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the tokenizer of {config.model_name_or_path!r}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # left padding in batches needs some pad id
-    return tokenizer
-
-
-def merge_adapter(model: Any, adapter_dir: str | Path) -> Any:
-    """`model` with the LoRA adapter in `adapter_dir` folded into its weights."""
-    from peft import PeftModel
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # peft probes a deprecated transformers attribute
-        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload(safe_merge=True)
-    logger.info("merged adapter %s", adapter_dir)
-    return merged
+    return load(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
 
 
 def load_base_model(config: ServeConfig, device: str | None = None) -> Any:
     """The served base model in eval mode, checkpoint_dir adapters merged in order."""
-    from caregpt.models.loader import load_model, validate_model
+    from caregpt.models.inference import load_inference_model
+    from caregpt.models.loader import validate_model
 
-    run = run_config(config)
-    validate_model(run)  # a wrong path or a non-adapter checkpoint_dir fails here with one clear message
-    model = load_model(run, for_training=False, device=device)
-    for adapter in config.checkpoint_dir or []:
-        model = merge_adapter(model, adapter)
-    return model.eval()
+    validate_model(run_config(config))  # a wrong path or a non-adapter checkpoint_dir fails here with one clear message
+    return load_inference_model(inference_spec(config, device))
 
 
 def adapter_model(base: Any, adapter_dir: Path) -> Any:
     """A copy of the base with one adapter merged (the base itself stays untouched for other requests)."""
     import torch
 
+    from caregpt.models.inference import attach_adapters
+
     with torch.no_grad():
         copy_ = copy.deepcopy(base)
-    return merge_adapter(copy_, adapter_dir).eval()
+    return attach_adapters(copy_, [str(adapter_dir)], merge=True).eval()
 
 
 def preflight(config: ServeConfig) -> None:
     """Cheap checks on the driver before any replica starts: paths exist and are what they claim to be."""
-    from caregpt.models.adapters import ADAPTER_CONFIG_NAME
+    from caregpt.models.inference import check_adapter_dir
     from caregpt.models.loader import resolve_model_source
 
     resolve_model_source(run_config(config))  # ConfigError naming the problem
     for adapter in config.checkpoint_dir or []:
-        if not (Path(adapter).expanduser() / ADAPTER_CONFIG_NAME).is_file():
-            raise ConfigError(f"checkpoint_dir entry {adapter!r} is not an adapter directory (no {ADAPTER_CONFIG_NAME})")
+        check_adapter_dir(adapter)  # an adapter directory with safetensors weights, as the replicas will load it
     if config.adapters_dir and not Path(config.adapters_dir).expanduser().is_dir():
         raise ConfigError(f"adapters_dir {config.adapters_dir!r} is not a directory")
     if config.engine == "vllm":

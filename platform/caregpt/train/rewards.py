@@ -131,31 +131,35 @@ def validate_reward(config) -> None:
     check_reward_model_dir(ft.reward_model)
 
 
-def _load_reward_model(path: str, dtype, device):
-    from transformers import AutoModelForSequenceClassification
+def _reward_spec(config, device):
+    """The inference loader's spec for reward_model: a full classifier dir, or a SEQ_CLS adapter on its base."""
+    from caregpt.models.inference import InferenceSpec
 
+    path = config.finetune.reward_model
     directory = Path(path).expanduser()
-    if not _is_adapter(directory):
-        return AutoModelForSequenceClassification.from_pretrained(str(directory), num_labels=1, dtype=dtype).to(device), path
-    from peft import PeftModel
-
-    base = _read_json(directory / "adapter_config.json")["base_model_name_or_path"]
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
-    # merged: scoring is inference only, and a plain model is faster than adapter + base
-    return PeftModel.from_pretrained(model, str(directory)).merge_and_unload().to(device), base
+    adapter = _is_adapter(directory)
+    base = _read_json(directory / "adapter_config.json")["base_model_name_or_path"] if adapter else str(directory)
+    # the rm stage saves its tokenizer beside the weights; an adapter dir may only have the base's
+    tokenizer = str(directory) if (directory / "tokenizer_config.json").is_file() else base
+    return InferenceSpec(
+        model_name_or_path=base,
+        adapters=(str(directory),) if adapter else (),  # merged: scoring is inference only, a plain model is faster
+        tokenizer_name_or_path=tokenizer,
+        trust_remote_code=config.model.trust_remote_code,
+        device=str(device),
+        bf16=config.train.bf16,
+        reward_head=True,
+    )
 
 
 def _model_reward(config, device) -> RewardFn:
     import torch
 
-    from caregpt.data.tokenize import load_tokenizer
+    from caregpt.models.inference import load_inference_model, load_tokenizer
 
-    dtype = torch.bfloat16 if config.train.bf16 else torch.float32
-    model, base = _load_reward_model(config.finetune.reward_model, dtype, device)
-    model.eval().requires_grad_(False)
-    # the rm stage saves its tokenizer beside the weights; an adapter dir may only have the base's
-    source = config.finetune.reward_model if (Path(config.finetune.reward_model) / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(source, config.model.trust_remote_code)  # pad falls back to eos there
+    spec = _reward_spec(config, device)
+    model = load_inference_model(spec).requires_grad_(False)
+    tokenizer = load_tokenizer(spec.tokenizer_name_or_path, trust_remote_code=spec.trust_remote_code)  # pad falls back to eos
     model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"  # too long: drop the prompt's start
     max_length = config.data.cutoff_len + config.train.max_new_tokens
