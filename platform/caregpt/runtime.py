@@ -36,8 +36,17 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         dashboard = os.environ.get("CAREGPT_DASHBOARD", "1") == "1"
         # address="local": always a new instance. Without it ray.init joins whatever cluster `ray start` last
         # recorded in /tmp/ray (someone else's, on a shared machine).
+        # A temp dir of its own, recording this cluster as "the current one": the driver of a Ray job submitted here
+        # joins the cluster its temp dir records, and without a record Ray picks any Ray process it finds on the
+        # machine (measured: the fine-tuning service's jobs trained on another user's Ray and died with it).
+        import tempfile
+
+        from ray._private.utils import write_ray_address
+
+        temp_dir = os.environ.get("CAREGPT_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix=f"ray-{os.getpid()}-", dir="/tmp")
         with _free_dashboard_agent_port():
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", _temp_dir=temp_dir, **kwargs)
+        write_ray_address(ray.get_runtime_context().gcs_address, temp_dir)
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("CAREGPT_PROGRESS", "1") == "1"
 
 
