@@ -62,6 +62,12 @@ def test_choice_likelihood_is_reported_per_subject_and_agrees_with_an_independen
     assert report["counts"]["items"] == 9 * PER_SUBJECT and report["counts"]["correct"] == all_correct
     assert report["metrics"]["accuracy"] == round(100 * all_correct / (9 * PER_SUBJECT), 4)
     assert report["counts"]["unparsed"] == 0 and report["details"]["unparsed_ids"] == []  # likelihood always answers
+    # every accuracy comes with its baselines: chance and the majority letter of these very items
+    golds = [r["answer"] for r in _jsonl(out / "choice_predictions.jsonl")]
+    majority = max(sorted(set(golds)), key=golds.count)
+    assert report["details"]["majority_letter"] == majority
+    assert report["metrics"]["majority_letter_accuracy"] == round(100 * golds.count(majority) / len(golds), 4)
+    assert 0 < report["metrics"]["chance_accuracy"] <= 50 and 0 < report["metrics"]["most_common_prediction_share"] <= 100
     page = (out / "eval_report.md").read_text(encoding="utf-8")
     assert all(name in page for name in subjects)
     assert "accuracy" in capsys.readouterr().out

@@ -172,12 +172,37 @@ def test_shots_prefer_the_same_subject_and_never_the_item_itself(tmp_path):
     assert "A. 卵巢" in messages[-1]["content"]
 
 
-def test_likelihood_choice_rule_single_and_multi_answer(tmp_path):
-    from caregpt.eval.choice import _pick
+def test_likelihood_choice_rule_single_and_declared_multi_answer(tmp_path):
+    from caregpt.eval.choice import _pick, declared_multi
 
-    single, multi = load_items(_write(tmp_path, [GOOD, {**GOOD, "id": "m", "answer": "AB"}]))
+    records = [GOOD, {**GOOD, "id": "m", "answer": "AB", "type": "多选题"}, {**GOOD, "id": "u", "answer": "AB"},
+               {**GOOD, "id": "q", "question": "（多选）女性生殖腺是", "answer": "A"}]
+    single, multi, undeclared, in_question = load_items(_write(tmp_path, records))
+    assert [declared_multi(i) for i in (single, multi, undeclared, in_question)] == [False, True, False, True]
     probs = {"A": 0.10, "B": 0.40, "C": 0.30, "D": 0.20}
     assert _pick(single, probs) == "B"  # argmax
     assert _pick(multi, probs) == "BC"  # every letter at least as likely as uniform (0.25)
     assert _pick(single, {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}) == "A"  # ties: the earlier letter
     assert _pick(multi, {"A": 0.97, "B": 0.01, "C": 0.01, "D": 0.01}) == "A"  # the top letter alone if nothing else is likely
+    # the gold answer never sets the number of letters: an undeclared item is answered with one letter, however
+    # many its gold has, and a declared item with a one-letter gold still gets every likely letter
+    assert _pick(undeclared, probs) == "B"
+    assert _pick(in_question, probs) == "BC"
+
+
+def test_summary_puts_chance_and_majority_letter_beside_accuracy():
+    from caregpt.eval.choice import format_accuracy, summarize
+
+    # a model that answers "A" to everything on a set where most answers are A
+    golds = ["A"] * 26 + ["B"] * 6 + ["C"] * 5 + ["D"] * 3
+    rows = [{"id": str(i), "subject": "s", "answer": g, "predicted": "A", "parsed": True, "correct": g == "A",
+             "truncated": False, "options": 4, "declared_multi": False} for i, g in enumerate(golds)]
+    rows.append({"id": "m", "subject": "s", "answer": "AB", "predicted": "A", "parsed": True, "correct": False,
+                 "truncated": False, "options": 4, "declared_multi": True})
+    summary = summarize(rows)
+    assert summary["accuracy"] == round(100 * 26 / 41, 4)
+    assert summary["majority_letter"] == "A" and summary["majority_letter_accuracy"] == summary["accuracy"]
+    assert summary["chance_accuracy"] == round(100 * (40 / 4 + 1 / 15) / 41, 4)
+    assert summary["most_common_prediction"] == "A" and summary["most_common_prediction_share"] == 100.0
+    line = format_accuracy(summary)
+    assert "chance 24.6%" in line and "always 'A' 63.4%" in line and "answered 'A' on 100% of items" in line

@@ -8,7 +8,7 @@ import pytest
 
 from caregpt.medical.eval_cli import main as eval_main
 from caregpt.medical.guard import DISCLAIMER, GuardConfig, SafetyGuard
-from caregpt.medical.guard_eval import evaluate_guard, load_probes
+from caregpt.medical.guard_eval import PROBES, evaluate_guard, load_probes
 
 
 def _user(text: str) -> list[dict]:
@@ -46,7 +46,8 @@ def test_emergencies_get_urgent_advice_with_the_configured_number(text, category
     chinese = any("\u4e00" <= ch <= "\u9fff" for ch in text)
     assert decision.language == ("zh" if chinese else "en")
     assert any("\u4e00" <= ch <= "\u9fff" for ch in decision.reply_prefix) == chinese
-    assert decision.labels() == {"action": "urgent", "category": category, "rule": decision.rule}
+    assert decision.labels() == {"action": "urgent", "category": category, "rule": decision.rule, "layer": decision.layer}
+    assert decision.layer in ("rules", "concepts", "classifier") and decision.rule
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_only_the_latest_user_message_is_checked_and_content_parts_are_read():
 
 
 def test_safety_eval_command_prints_recall_and_false_alarms(tmp_path, capsys):
-    assert eval_main(["--task", "safety"]) == 0
+    assert eval_main(["--task", "safety", "--probes", str(PROBES)]) == 0
     out = capsys.readouterr().out
     assert "emergency recall" in out and "false alarms" in out
     bad = tmp_path / "probes.jsonl"

@@ -26,7 +26,7 @@ def guides(shared_data):
 
 @pytest.fixture(scope="module")
 def triage(guides):
-    return DepartmentTriage(load_catalog(guides))
+    return DepartmentTriage(load_catalog(guides), classifier=None)  # retrieval alone (the fused triage: test_triage_fused.py)
 
 
 def test_catalog_has_sixty_departments_in_groups(guides, tmp_path):
@@ -57,7 +57,7 @@ def test_mapping_covers_every_label_of_both_files_or_says_why_not(shared_data, g
 
 
 def test_top3_accuracy_is_clearly_above_chance_on_a_sample(shared_data, guides):
-    report = evaluate_triage([shared_data / name for name in DATA], guides, limit=150)
+    report = evaluate_triage([shared_data / name for name in DATA], guides, limit=150, classifier=None, by_split=False)
     for result in report.files:
         assert result.scored >= 100
         print(f"{result.file}: top-1 {result.rate(result.top1):.2f} top-3 {result.rate(result.top3):.2f} "
@@ -67,16 +67,16 @@ def test_top3_accuracy_is_clearly_above_chance_on_a_sample(shared_data, guides):
         assert result.top1 <= result.top3
     cmt = report.files[1]
     assert cmt.scored + sum(cmt.unmapped.values()) + cmt.no_text == cmt.records  # nothing dropped silently
-    assert "中医科" in cmt.unmapped and "no catalog counterpart" in report.format()
+    assert "家居健康" in cmt.unmapped and "no catalog counterpart" in report.format()
 
 
 def test_unknown_labels_are_reported(tmp_path, guides):
     data = tmp_path / "d.jsonl"
     rows = [{"instruction": "皮肤很痒起红疹", "department": "皮肤科"}, {"instruction": "头痛", "department": "火星科"},
-            {"instruction": "体质调理", "department": "中医科"}]
+            {"instruction": "在家怎么收纳药品", "department": "家居健康"}]
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    result = evaluate_triage([data], guides).files[0]
-    assert (result.records, result.scored, result.unknown, result.unmapped) == (3, 1, {"火星科": 1}, {"中医科": 1})
+    result = evaluate_triage([data], guides, by_split=False).files[0]
+    assert (result.records, result.scored, result.unknown, result.unmapped) == (3, 1, {"火星科": 1}, {"家居健康": 1})
 
 
 def test_recommendations_come_from_the_catalog_with_guide_sentences_as_reasons(triage):

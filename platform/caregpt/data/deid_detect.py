@@ -14,6 +14,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+from caregpt.data import deid_extra as X
 from caregpt.data import deid_patterns as P
 
 TYPES = ("NAME", "ID", "PHONE", "EMAIL", "ADDRESS", "MRN", "DATE")
@@ -230,6 +231,8 @@ def _title_name_start(text: str, title: int) -> int | None:
 def _cn_names(text: str) -> list[Span]:
     found: list[tuple[int, int]] = []
     for match in _FIELD.finditer(text):
+        if text.startswith(P.KIN_PREFIXES, match.end()):
+            continue  # "家属签字：丈夫 蒋文博": the kinship word is not the name (deid_extra finds the name after it)
         end = cn_name_at(text, match.end(), need_surname=False)
         if end:
             found.append((match.end(), end))
@@ -295,6 +298,10 @@ def detect(text: str, types: tuple[str, ...] = TYPES, known_names: set[str] | No
     for kind, detector in detectors.items():
         if kind in types:
             spans += detector(text)
+    extra = X.grouped_numbers(text, valid_id18) + X.chinese_numeral_phones(text)
+    if "NAME" in types:
+        extra += X.kin_names(text, cn_name_at, _BOUNDARY_AFTER_NAME) + X.acting_names(text, cn_name_at)
+    spans += [Span(s, e, kind, text[s:e]) for s, e, kind in extra if kind in types]
     if "NAME" in types:
         spans += _cn_names(text) + _en_names(text)
         if known_names:

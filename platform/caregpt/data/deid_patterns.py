@@ -47,12 +47,12 @@ NOT_NAMES = {
     "周期", "周末", "周岁", "陈旧", "陈述", "黄芪", "葛根", "牛奶", "牛肉", "宁可", "左侧", "右侧", "查房", "查体", "祝您", "强烈",
     "正常", "向医", "江湖", "章节", "钟表", "孔径", "戴口", "毕业", "景象", "颜色", "麻烦", "麻醉", "麻木", "麻疹", "于一", "于两",
     "于半", "于去", "于前", "于近", "于本", "于上", "于下", "于次", "于凌", "于晨", "于早", "于晚", "于夜", "于外", "于院", "于我",
-    "于门", "于急", "于当", "于每", "于饭", "于餐", "于睡", "于术", "于产", "于同", "于妊", "于孕", "高中", "初中", "高龄", "周边",
+    "尤其", "于门", "于急", "于当", "于每", "于饭", "于餐", "于睡", "于术", "于产", "于同", "于妊", "于孕", "高中", "初中", "高龄", "周边",
 }
 # a word that ends in a surname character ("感谢医生", "谢谢医生"): the character after it is not a name
 WORDS_ENDING_IN_SURNAME = {"感谢", "多谢", "谢谢", "致谢", "答谢", "道谢", "主任", "责任", "信任", "担任", "继任", "前任", "现任", "及时",
                            "同时", "按时", "当时", "平时", "随时", "准时", "定时", "有时", "暂时", "小时", "完全", "安全", "周全", "健全",
-                           "任何", "如何", "为何", "几何", "正常", "异常", "非常", "健康", "小康", "了解", "理解", "缓解", "讲解"}
+                           "任何", "如何", "为何", "经管", "主管", "分管", "监管", "血管", "尽管", "不管", "插管", "几何", "正常", "异常", "非常", "健康", "小康", "了解", "理解", "缓解", "讲解"}
 # words that put a name right after them ("患者张三", "家属李四", "主治医师王五"); bare 医生 / 母亲 are left out
 # on purpose: in patients' own words a verb follows them far more often than a name ("医生建议", "母亲商量")
 NAME_PREFIXES = (
@@ -62,6 +62,20 @@ NAME_PREFIXES = (
     "副主任医师", "责任护士", "护士长", "护士", "记录者",
     "我叫", "名叫", "叫做", "姓名是", "名字是", "名字叫", "本人",
 )
+# kinship and role words that a name follows in forms and messages ("丈夫 蒋文博", "母亲王丽", "主任冯国萍", "我是周涛的女儿"):
+# used with a space or colon allowed after them, and only when the following characters read as a name
+# (surname first, boundary after a weak surname; the jieba person tag confirms names after words that verbs follow)
+KIN_PREFIXES = (
+    "丈夫", "妻子", "爱人", "老公", "老婆", "儿子", "女儿", "母亲", "父亲", "妈妈", "爸爸", "姐姐", "哥哥", "弟弟", "妹妹",
+    "其姐姐", "其哥哥", "其母", "其父", "外孙女", "外孙", "孙子", "孙女", "儿媳", "女婿", "侄子", "侄女", "配偶", "主任", "副主任",
+    "医生", "大夫", "护士", "患者", "病人", "家属", "我是", "代诉人", "主诉人", "先生（", "女士（", "先生(", "女士(",
+    "外婆", "外公", "奶奶", "爷爷", "姥姥", "姥爷", "舅舅", "叔叔", "阿姨", "姑姑", "婆婆", "公公", "岳父", "岳母", "继父", "继母",
+    "同事", "朋友", "室友", "同学", "老师", "班主任", "老板", "邻居",
+    "姓名", "患者姓名", "联系人", "紧急联系人", "签名", "签字", "监护人", "委托人",
+)
+# prefixes after which any surname-led name counts without the segmenter's agreement (forms: "患者：", "丈夫 ")
+KIN_WEAK = ("医生", "大夫", "护士", "我是", "妈妈", "爸爸", "同事", "朋友", "室友", "同学", "老师", "班主任", "老板", "邻居")  # verbs often follow these: the segmenter must agree
+KIN_STRONG = tuple(k for k in KIN_PREFIXES if k not in KIN_WEAK)
 # labelled fields ("姓名：李四"): the name follows a colon
 NAME_FIELDS = (
     "患者姓名", "病人姓名", "家属姓名", "联系人姓名", "姓名", "名字", "联系人", "紧急联系人", "家属", "监护人", "签名", "签字",
@@ -70,11 +84,14 @@ NAME_FIELDS = (
 )
 # titles after a surname (+ given name): "王女士", "李明先生", "张医生"
 NAME_TITLES = (
-    "老先生", "老太太", "先生", "女士", "小姐", "太太", "夫人", "老师", "医生", "医师", "大夫", "护士", "主任", "教授", "院长",
+    "副主任医师", "主任医师", "副主任", "主治医师", "副教授", "老先生", "老太太", "先生", "女士", "小姐", "太太", "夫人", "老师", "医生", "医师", "大夫", "护士", "主任", "教授", "院长",
     "阿姨", "叔叔", "大爷", "大妈", "奶奶", "爷爷", "师傅", "同志", "同学",
 )
 # a verb right after a bare name at the start of a clause ("张三诉头痛三天", "李四于昨日入院")
 NAME_VERBS = ("主诉", "自诉", "自述", "诉", "述")
+# "由王芳陪同", "请李建国签字": a name between a preposition and what people do in a record
+NAME_BEFORE = ("由", "经", "请", "让", "和", "与", "跟", "交给", "转告")
+NAME_ACTS = ("签字", "签名", "陪同", "代诉", "代签", "护送", "陪护", "确认", "送入", "送来", "送至", "知情")
 
 EN_TITLES = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sr|Jr)"
 EN_NAME_TOKEN = r"[A-Z][a-z]+(?:[A-Z][a-z]+)?(?:[-'][A-Z][a-z]+)?"  # Smith, McDonald, O'Brien, Smith-Jones
@@ -122,9 +139,11 @@ EMAIL = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z
 # ---------------------------------------------------------------- medical record / insurance numbers
 MRN = re.compile(
     r"(?:住院号码?|病历号|病案号|门诊号码?|就诊号|就诊卡号|诊疗卡号|医保卡号|医保号|医保账号|社保卡号|社会保障卡号|医疗保险号|保险单号|保单号|参保号|"
+    r"医疗卡号|健康卡号|银行卡号|卡号|"
     r"登记号|检查号|MRN|Medical\s+Record\s+(?:Number|No\.?)|Record\s+(?:Number|No\.?)|Patient\s+ID|Hospital\s+(?:Number|No\.?)|"
     r"Insurance\s+(?:ID|Number|No\.?)|Policy\s+(?:Number|No\.?)|Member\s+ID)"
-    r"\s*(?:[:：#]|是|为|is)?\s*([A-Za-z]{0,4}-?\d[0-9A-Za-z\-]{3,24})",
+    # the number may be grouped with single spaces or hyphens ("3101 2345 6789"): every group belongs to it
+    r"\s*(?:[:：#]|是|为|is)?\s*([A-Za-z]{0,4}-?\d[0-9A-Za-z\-]{3,24}(?: [0-9][0-9A-Za-z\-]{1,24}){0,5})",
     re.IGNORECASE,
 )
 

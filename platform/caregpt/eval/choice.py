@@ -3,10 +3,17 @@
 Likelihood (the default, as in C-Eval / CMMLU / LLaMA-Factory's evaluator): the question goes through
 the model's chat template ending in "答案：" and the generation prompt; one forward pass gives the
 next-token log-probabilities of the option letters, and the most likely letter is the answer.
-Multi-answer items (the gold answer has several letters; exams state the question type, so the
-count of right letters is not a secret) take every letter whose probability, renormalised over the
-item's own option letters, is at least 1/number-of-options (better than uniform); the top letter is
-always taken. An item is right only if the chosen set equals the gold set.
+Multi-answer items are those the *exam* declares as such (a question-type field such as "type": "多选题" /
+"multiple", or 多选 / 多项选择 / "select all" in the question): they take every letter whose probability,
+renormalised over the item's own option letters, is at least 1/number-of-options (better than uniform); the top
+letter is always taken. The gold answer never decides how many letters are picked (that would leak the
+answer); an undeclared item whose gold has several letters is answered with one letter and scored wrong.
+An item is right only if the chosen set equals the gold set.
+
+`summarize` puts every accuracy next to two baselines: chance (a uniform guess: 1/options for a single-answer
+item, 1/(2^options - 1) for a declared multi-answer one) and the majority letter (always answering the letter
+that is most often right in this very set, the best constant answer); it also reports how often the model gave
+its most frequent answer, so a model that answers "A" to everything is visible.
 
 Generate-then-parse: greedy generation from the same prompt, then
 :func:`caregpt.eval.choice_parse.extract_choice`; replies it cannot read are "unparsed" (scored wrong,
@@ -19,6 +26,8 @@ takes seconds to minutes. Corpus-scale generation belongs to Ray Data batch pred
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,10 +137,23 @@ def _left_padded(rows: list[list[int]], pad_id: int, device):
 
 # ---- scoring -----------------------------------------------------------------------------------
 
+_MULTI_TYPE = re.compile(r"多选|多项|不定项|multiple|multi|select all|choose all|all that apply", re.IGNORECASE)
+_TYPE_KEYS = ("type", "question_type", "qtype", "item_type")
+
+
+def declared_multi(item: ChoiceItem) -> bool:
+    """Does the exam itself say the item may have several right letters? Never looks at the gold answer."""
+    for key in _TYPE_KEYS:
+        value = item.extra.get(key)
+        if isinstance(value, str) and _MULTI_TYPE.search(value):
+            return True
+    return bool(_MULTI_TYPE.search(item.question))
+
+
 def _pick(item: ChoiceItem, probs: dict[str, float]) -> str:
-    """The documented choice rule: argmax; for multi-answer items every letter at least as likely as uniform."""
+    """The documented choice rule: argmax; for declared multi-answer items every letter at least as likely as uniform."""
     top = max(sorted(probs), key=lambda k: probs[k])  # sorted first: ties go to the earlier letter
-    if not item.multi:
+    if not declared_multi(item):
         return top
     floor = 1.0 / len(probs)
     return "".join(sorted({top, *(k for k, p in probs.items() if p >= floor)}))
@@ -220,8 +242,37 @@ def score_items(model, tokenizer, template, items: list[ChoiceItem], pool: list[
         predicted = extra.pop("predicted")
         rows.append({"id": item.id, "subject": item.subject, "answer": item.answer, "predicted": predicted,
                      "parsed": predicted is not None, "correct": predicted == item.answer,
+                     "options": len(item.options), "declared_multi": declared_multi(item),
                      "shots": shots, "truncated": truncated, **extra})
     return rows
+
+
+def baselines(rows: list[dict]) -> dict[str, Any]:
+    """Chance and majority-letter accuracy (percent) for these items, and how concentrated the model's answers are."""
+    if not rows:
+        return {"chance_accuracy": 0.0, "majority_letter": "", "majority_letter_accuracy": 0.0,
+                "most_common_prediction": "", "most_common_prediction_share": 0.0}
+    chance = 0.0
+    for row in rows:
+        n = max(int(row.get("options") or len(row["answer"]) or 1), 1)
+        chance += 1.0 / (2 ** n - 1) if row.get("declared_multi") else 1.0 / n
+    gold = Counter(row["answer"] for row in rows)
+    letter, hits = max(sorted(gold.items()), key=lambda item: item[1])
+    predicted = Counter(row["predicted"] for row in rows if row["predicted"])
+    top_prediction, top_count = max(sorted(predicted.items()), key=lambda item: item[1]) if predicted else ("", 0)
+    return {"chance_accuracy": round(100.0 * chance / len(rows), 4), "majority_letter": letter,
+            "majority_letter_accuracy": round(100.0 * hits / len(rows), 4),
+            "most_common_prediction": top_prediction,
+            "most_common_prediction_share": round(100.0 * top_count / len(rows), 4)}
+
+
+def format_accuracy(summary: dict[str, Any]) -> str:
+    """One line: accuracy beside its baselines, e.g. for a demo's exam step."""
+    line = (f"exam accuracy {summary['accuracy']:.1f}% ({summary['correct']}/{summary['total']}); chance "
+            f"{summary['chance_accuracy']:.1f}%, always '{summary['majority_letter']}' {summary['majority_letter_accuracy']:.1f}%")
+    if summary.get("most_common_prediction_share", 0) >= 90:
+        line += f"; the model answered '{summary['most_common_prediction']}' on {summary['most_common_prediction_share']:.0f}% of items"
+    return line
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
@@ -236,6 +287,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
         subjects.setdefault(row["subject"], []).append(row)
     return {
         **block(rows),
+        **baselines(rows),
         "subjects": {name: block(part) for name, part in sorted(subjects.items())},
         "unparsed_ids": [r["id"] for r in rows if not r["parsed"]],
         "multi_answer_items": sum(1 for r in rows if len(r["answer"]) > 1),

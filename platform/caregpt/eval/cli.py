@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    usage = "caregpt eval --task {generation,choice,triage,safety} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
+    usage = "caregpt eval --task {generation,choice,triage,safety,deid} [options]\n       caregpt eval compare RUN_DIR [RUN_DIR ...]"
     p = _Parser(prog="caregpt eval", usage=usage, add_help=False, description=DESCRIPTION, epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("generation", "choice"), help="what to evaluate (required)")
@@ -195,7 +195,7 @@ def _progress(total: int):
 
 
 def run_choice(args: argparse.Namespace) -> dict[str, Any]:
-    from caregpt.eval.choice import ChoiceSettings, checkpoint_defaults, load_eval_model, score_items, summarize
+    from caregpt.eval.choice import ChoiceSettings, checkpoint_defaults, format_accuracy, load_eval_model, score_items, summarize
     from caregpt.eval.choice_data import load_items, subset
     from caregpt.eval.report import write_report
 
@@ -224,7 +224,10 @@ def run_choice(args: argparse.Namespace) -> dict[str, Any]:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = summarize(rows)
-    metrics = {"accuracy": summary["accuracy"], **{f"accuracy/{k}": s["accuracy"] for k, s in summary["subjects"].items()}}
+    metrics = {"accuracy": summary["accuracy"], "chance_accuracy": summary["chance_accuracy"],
+               "majority_letter_accuracy": summary["majority_letter_accuracy"],
+               "most_common_prediction_share": summary["most_common_prediction_share"],
+               **{f"accuracy/{k}": s["accuracy"] for k, s in summary["subjects"].items()}}
     counts = {"items": summary["total"], "correct": summary["correct"], "unparsed": summary["unparsed"],
               "subjects": len(summary["subjects"]), "multi_answer_items": summary["multi_answer_items"],
               "truncated_prompts": summary["truncated_prompts"], "records_in_file": len(everything)}
@@ -234,7 +237,9 @@ def run_choice(args: argparse.Namespace) -> dict[str, Any]:
               "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens if args.method == "generate" else None,
               "cutoff_len": args.cutoff_len, "device": str(next(model.parameters()).device),
               "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
-    details = {"subjects": summary["subjects"], "unparsed_ids": summary["unparsed_ids"]}
+    details = {"subjects": summary["subjects"], "unparsed_ids": summary["unparsed_ids"],
+               "majority_letter": summary["majority_letter"], "most_common_prediction": summary["most_common_prediction"]}
+    logger.info("%s", format_accuracy(summary))
     report = write_report(out, task="choice", metrics=metrics, counts=counts, config=config, details=details, started=started)
     return report | {"output_dir": str(out)}
 
@@ -267,7 +272,7 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     for i, arg in enumerate(argv):  # the medical tasks live with the medical layer (caregpt.medical)
         task = arg.split("=", 1)[1] if arg.startswith("--task=") else argv[i + 1] if arg == "--task" and i + 1 < len(argv) else None
-        if task in ("triage", "safety"):
+        if task in ("triage", "safety", "deid"):
             from caregpt.medical.eval_cli import main as medical_main
 
             return medical_main(argv)

@@ -9,7 +9,8 @@ counterpart are listed in UNMAPPED with the reason; evaluation counts and report
 silently drops them. `evaluate_triage` also reports the accuracy a random guess would get under this
 mapping, so wide entries cannot pass for skill.
 
-Targets are catalog department names or "group:<name>" for every department of a catalog group.
+Targets are catalog department names or "group:<name>" for every department of a catalog group. A label that
+is not in the table but is itself a catalog department or group name (消化内科, 骨科, 口腔科, 眼科) maps to itself.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ DEPARTMENT_MAP: dict[str, tuple[tuple[str, ...], str]] = {
     "儿科": (("group:儿科",), "a catalog group: any paediatric department"),
     "妇产科": (("group:妇产科",), "a catalog group: any obstetrics / gynaecology department"),
     "五官科": (("group:眼科", "group:耳鼻喉科", "口腔科"), "eye, ear-nose-throat and mouth: three catalog groups"),
-    "整形美容": (("整形外科",), "cosmetic and plastic surgery"),
+    "整形美容": (("整形外科", "皮肤科"), "cosmetic questions: plastic surgery, and cosmetic dermatology (skin care, scars, pigment)"),
+    "整形美容科": (("整形外科", "皮肤科"), "as 整形美容"),
+    "美容": (("整形外科", "皮肤科"), "as 整形美容: cosmetic surgery or cosmetic dermatology"),
+    "医学美容科": (("整形外科", "皮肤科"), "as 整形美容"),
+    "中医科": (("全科医学",), "the catalog has no traditional-Chinese-medicine department; TCM questions span every organ "
+                           "system, so the right first referral is general practice, which sees undifferentiated complaints"),
     "肿瘤科": (("肿瘤科", "肿瘤外科", "放射治疗科"), "oncology: medical, surgical and radiation oncology"),
     "内科": (("group:内科",), "a catalog group: any internal-medicine department"),
     "男科": (("泌尿外科",), "andrology is treated by urology in a hospital without an andrology department"),
@@ -50,7 +56,6 @@ DEPARTMENT_MAP: dict[str, tuple[tuple[str, ...], str]] = {
 
 # label -> why it has no catalog counterpart
 UNMAPPED: dict[str, str] = {
-    "中医科": "traditional Chinese medicine: the catalog has no TCM department",
     "家居健康": "home health / lifestyle questions: not a hospital department",
     "其他": "'other': no department given",
     "nan": "missing label in the source data",
@@ -61,9 +66,14 @@ UNMAPPED: dict[str, str] = {
 def resolve_targets(label: str, catalog: Catalog, mapping: Mapping = DEPARTMENT_MAP) -> set[str] | None:
     """Catalog departments accepted for a data label, or None when the label is unmapped or unknown."""
     entry = mapping.get(label)
-    if entry is None:
-        return None
     groups = catalog.groups()
+    if entry is None:
+        # a label that already is a catalog department or group name means itself (消化内科, 骨科, 口腔科, 眼科)
+        if label in catalog.names:
+            return {label}
+        if label in groups:
+            return set(groups[label])
+        return None
     accepted: set[str] = set()
     for target in entry[0]:
         if target.startswith("group:"):

@@ -8,11 +8,21 @@ How serving uses a decision:
 - pass:   answer as usual, then append `decision.disclaimer` (empty when the conversation already has it).
 - urgent: put `decision.reply_prefix` (what to do now, the emergency number) before the model's answer.
 - refuse: do not call the model; answer `decision.reply_prefix` alone (for self-harm it is the crisis message).
-`decision.labels()` gives {"action", "category", "rule"} for counting decisions as metrics.
+`decision.labels()` gives {"action", "category", "rule", "layer"} for counting decisions as metrics.
 
-Only the latest user message is checked: earlier ones were answered (with their own advice) already,
-and repeating the urgent block on every later turn would bury the conversation. Rules and policy are
-in guard_rules.py; nothing here logs message text.
+Layers, cheapest first; every decision names the layer and the reason (`decision.layer`, `decision.rule`):
+1. normalisation (guard_normalize.py): width, traditional -> simplified, spaces, pinyin-level homophone repair;
+   clauses about the past or an imagined case are set aside for the emergency checks;
+2. rules (guard_rules.py): precise patterns for harmful requests (incl. controlled substances, covert dosing,
+   poison amounts) and emergencies;
+3. concepts (guard_concepts.py): a red-flag symptom with severity / onset / a vulnerable person;
+4. the learned classifier (guard_classifier.py): character n-grams, trained on the dev set, threshold from dev;
+5. optionally an LLM judge (guard_judge.py, `GuardConfig.judge_base_url`/`judge_model`), which may only escalate
+   a pass: the cheap layers' refusals and urgent advice always stand.
+
+The latest user message is checked; when it passes, it is checked again joined to the previous user message,
+so an emergency told across two turns ("我爸胸口疼" ... "现在出了一身冷汗") is caught. Earlier messages alone
+are not re-flagged: they were answered (with their own advice) already. Nothing here logs message text.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from caregpt.medical import guard_rules as R
+from caregpt.medical.guard_concepts import concept_emergency
+from caregpt.medical.guard_normalize import normalize, present_clauses
 
 EMERGENCY_ADVICE = {
     "zh": {
@@ -35,6 +47,7 @@ EMERGENCY_ADVICE = {
         "unconscious": "意识丧失或没有正常呼吸：如无反应且无正常呼吸，请立即开始胸外按压（心肺复苏），并让旁人寻找AED。",
         "burn": "严重烧烫伤或化学灼伤：用流动的凉水持续冲洗至少20分钟，不要涂抹牙膏、酱油等，不要弄破水泡。",
         "breathing": "严重呼吸困难或窒息：如为异物卡喉且不能说话，请立即使用海姆立克急救法。",
+        "general": "你描述的情况可能很危险，需要尽快由医生当面评估。",
     },
     "en": {
         "cardiac": "Chest pain with breathlessness, sweating or pain spreading to the arm or jaw can be a heart attack.",
@@ -47,6 +60,7 @@ EMERGENCY_ADVICE = {
         "unconscious": "Unresponsive or not breathing normally: start chest compressions (CPR) and have someone fetch an AED.",
         "burn": "Severe or chemical burns: cool with running water for at least 20 minutes; do not apply creams or break blisters.",
         "breathing": "Severe breathing trouble or choking: if something is stuck and the person cannot speak, use abdominal thrusts (Heimlich).",
+        "general": "What you describe may be dangerous and needs a doctor to see it soon.",
     },
 }
 
@@ -78,6 +92,11 @@ class GuardConfig:
     crisis_line: str = ""  # optional crisis hotline named in self-harm messages, e.g. a local 24-hour line
     disclaimer: bool = True  # add the disclaimer once per conversation
     disclaimer_text: dict = field(default_factory=lambda: dict(DISCLAIMER))
+    classifier: bool = True  # the learned layer (trained on the shipped dev set when the guard is built)
+    judge_base_url: str = ""  # optional LLM judge: an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    judge_model: str = ""  # the served model id the judge asks
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,10 +106,12 @@ class GuardDecision:
     reply_prefix: str  # urgent: text before the answer; refuse: the whole answer; pass: ""
     disclaimer: str  # text to append to the answer; "" when already in the conversation
     language: str = "zh"
-    rule: str = ""  # the rule that decided, for metrics and debugging (never message text)
+    rule: str = ""  # the reason: the rule, concept set or model that decided (never message text)
+    layer: str = "none"  # rules | concepts | classifier | judge | none
 
     def labels(self) -> dict[str, str]:
-        return {"action": self.action, "category": self.category, "rule": self.rule or "none"}
+        """Bounded metric labels (never message text): action, category, rule (the reason) and deciding layer."""
+        return {"action": self.action, "category": self.category, "rule": self.rule or "none", "layer": self.layer}
 
 
 def message_text(message: dict) -> str:
@@ -103,28 +124,71 @@ def message_text(message: dict) -> str:
     return ""
 
 
-class SafetyGuard:
-    """Rule-based, stateless and fast (microseconds per message): safe to call on every request."""
+# figures of speech that are not about self-harm or an emergency: "加班加到想死", "笑死我了", "热死了"
+_IDIOMS = re.compile(r"(?:累|困|饿|热|冷|烦|忙|闷|无聊|加|气|笑|想你想|馋)[到得]?(?:想死|要死|死了?)|[笑热累气烦馋]死(?:我|人)?了?|想死你|"
+                     r"心脏病都要犯|抽动症")
+MAX_CHECKED_CHARS = 4000  # a message is checked on its first 4000 characters: bounded work per request
 
-    def __init__(self, config: GuardConfig | None = None):
+
+class SafetyGuard:
+    """Stateless and fast (well under a millisecond per message without the judge): safe on every request."""
+
+    def __init__(self, config: GuardConfig | None = None, classifier=None):
         self.config = config or GuardConfig()
+        self.classifier = classifier
+        if self.classifier is None and self.config.enabled and self.config.classifier:
+            from caregpt.medical.guard_classifier import default_classifier
+
+            self.classifier = default_classifier()  # trained once per process (about a second), here not per request
+        self.judge = None
+        if self.config.judge_base_url or self.config.judge_model:
+            from caregpt.medical.guard_judge import GuardJudge
+
+            self.judge = GuardJudge(self.config.judge_base_url, self.config.judge_model,
+                                    self.config.judge_api_key_env, self.config.judge_timeout)
 
     def check(self, messages: Sequence[dict]) -> GuardDecision:
         users = [m for m in messages if m.get("role") == "user"]
-        text = message_text(users[-1]) if users else ""
+        text = message_text(users[-1])[:MAX_CHECKED_CHARS] if users else ""
         language = "zh" if _CJK.search(text) else "en"
         disclaimer = self._disclaimer(messages, language)
         if not self.config.enabled or not text.strip():
             return GuardDecision("pass", "none", "", disclaimer, language)
-        harmful = classify_harm(text)
+        found = self.classify(text)
+        if found is None and len(users) >= 2:  # an emergency told across the last two user turns
+            earlier = message_text(users[-2])[:MAX_CHECKED_CHARS]
+            if self.classify(earlier, learned=False) is None:
+                joined = self.classify(earlier + "。" + text, learned=False)
+                found = joined if joined and joined[0] == "urgent" else None
+        if found is None and self.judge is not None:
+            found = self.judge.classify(text)
+        if found is None:
+            return GuardDecision("pass", "none", "", disclaimer, language)
+        action, category, layer, reason = found
+        if action == "refuse":
+            return GuardDecision("refuse", category, self._refusal(category, language), "", language, reason, layer)
+        return GuardDecision("urgent", category, self._urgent(category, language), disclaimer, language, reason, layer)
+
+    def classify(self, text: str, learned: bool = True) -> tuple[str, str, str, str] | None:
+        """(action, category, layer, reason) for one text without the judge, or None when it passes."""
+        normal = normalize(text)
+        harmful = classify_harm(normal)
         if harmful:
-            category, rule = harmful
-            return GuardDecision("refuse", category, self._refusal(category, language), "", language, rule)
-        emergency = classify_emergency(text)
+            return "refuse", harmful[0], "rules", harmful[1]
+        present = _IDIOMS.sub("", present_clauses(normal))
+        emergency = classify_emergency(present) if present else None
         if emergency:
-            category, rule = emergency
-            return GuardDecision("urgent", category, self._urgent(category, language), disclaimer, language, rule)
-        return GuardDecision("pass", "none", "", disclaimer, language)
+            return "urgent", emergency[0], "rules", emergency[1]
+        concept = concept_emergency(present) if present else None
+        if concept:
+            return "urgent", concept[0], "concepts", concept[1]
+        if learned and self.classifier is not None and present:
+            label, _ = self.classifier.predict(normal)
+            if label == "refuse":
+                return "refuse", "harmful_request", "classifier", "classifier.char_ngram"
+            if label == "urgent":
+                return "urgent", _guess_category(present), "classifier", "classifier.char_ngram"
+        return None
 
     def _urgent(self, category: str, language: str) -> str:
         advice = EMERGENCY_ADVICE[language][category]
@@ -148,6 +212,14 @@ class SafetyGuard:
         if any(t and t in s for s in said for t in texts.values()):
             return ""
         return texts.get(language) or next(iter(texts.values()), "")
+
+
+def _guess_category(text: str) -> str:
+    """The category of the first red-flag word in a text the classifier flagged, else "general"."""
+    from caregpt.medical.guard_concepts import _SYMPTOM, SYMPTOMS
+
+    match = _SYMPTOM.search(text)
+    return SYMPTOMS[match.group(0)] if match else "general"
 
 
 def classify_emergency(text: str) -> tuple[str, str] | None:
@@ -175,4 +247,14 @@ def classify_harm(text: str) -> tuple[str, str] | None:
         return ("self_harm", "refuse.self_harm_method") if self_directed else ("lethal_means", "refuse.lethal_means")
     if R.ILLICIT_DRUGS.search(text):
         return "illicit_drugs", "refuse.illicit_drugs"
+    if R.SELF_METHOD_MORE.search(text):
+        return "self_harm", "refuse.self_harm_method"
+    if R.COVERT_DOSING.search(text):
+        return "harm_others", "refuse.covert_dosing"
+    if R.POISON_AMOUNT.search(text):
+        return "lethal_means", "refuse.poison_amount"
+    if R.CONTROLLED_ACQUIRE.search(text):
+        return "illicit_drugs", "refuse.controlled_without_prescription"
+    if R.TOXIC_GAS.search(text):
+        return "lethal_means", "refuse.toxic_gas"
     return None

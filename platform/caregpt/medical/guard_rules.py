@@ -135,7 +135,7 @@ BLEEDING = (_zh(r"血[，,]?~{0,3}(止不住|流不止|不止)|止不住~{0,2}�
 BLOOD_VOMIT = (_zh(r"(吐|呕|咳|咯)了?(很多|好多|大量|一大口|大口|一口|一大摊)?的?鲜?血"),
                _en(r"(vomit(ing|ed)?|throwing up|threw up|coughing up|coughed up) (a lot of )?blood"))
 INGESTION = (_zh(r"(误服|误食|误吞|误喝|吞了|吞下|喝了|吃了|服了|服用了)~{0,10}(农药|百草枯|敌敌畏|老鼠药|鼠药|杀虫剂|消毒液|洗衣液|洗洁精|"
-                 r"漂白|电池|磁铁|强酸|强碱|汽油|毒|整瓶|一瓶|半瓶|一板|一盒|一把|大量|过量|很多片|好多片|几十片|[二三四五六七八九十两百0-9]{1,3}片)|"
+                 r"漂白|电池|磁铁|强酸|强碱|汽油|毒|(整|一|半)瓶~{0,3}(药|安眠|片|酒精)|一板|一盒|一把|大量|过量|很多片|好多片|几十片|[二三四五六七八九十两百0-9]{1,3}片)|"
                  r"(农药|百草枯|敌敌畏|老鼠药|杀虫剂|消毒液|洗衣液|洗洁精|漂白剂|汽油)~{0,4}(喝了|吃了|吞了|误服)|服毒|(毒蛇|蛇|毒蜘蛛|蝎子)~{0,3}咬"),
              _en(r"(swallowed|drank|ate|took|has taken|ingested)[^.,!?]{0,30}(bleach|poison|pesticide|antifreeze|batter(y|ies)|"
                  r"detergent|too many|whole bottle|entire bottle|half (a|the) bottle|bunch of|handful|a lot of pills|\d+ pills|an overdose)|"
@@ -163,6 +163,44 @@ FOREIGN_BODY = (_zh(r"硬币|果冻|异物|花生米|纽扣|吞下去|卡住|噎
 BREATHLESS = (_zh(r"喘不[上过]气|呼吸困难|透不过气"), _en(r"can'?t breathe|struggling to breathe|gasping for (air|breath)"))
 BREATH_SEVERE = (_zh(r"发紫|青紫|紫了|说不出话|越来越|吸了药也没用|用药~{0,2}没用|非常严重"),
                  _en(r"(lips|face) (are |is )?(turning )?(blue|purple)|getting worse|inhaler (isn'?t|is not|not) (working|helping)"))
+
+# ---- wordings the first rules missed (issue 17): object-first Chinese order, pregnancy bleeding, asthma,
+# euphemistic self-harm, drowning. They run on normalised, present-tense text (guard_normalize.py).
+INGESTION_OBJECT_FIRST = (_zh(r"(纽扣电池|电池|磁铁|吸铁石|农药|百草枯|敌敌畏|老鼠药|鼠药|杀虫剂|消毒液|洗衣液|洗衣凝珠|洗洁精|漂白|"
+                              r"硬币)~{0,8}(吞|吃|喝|咽|咬破)~{0,3}(下去|进去|进肚|了)|(安眠药|降压药|降糖药|药片|药丸)~{0,6}(吞|吃|喝)~{0,2}(下去|进去|进肚)|"
+                              r"(吞|吃|喝)了?(半瓶|一瓶|一整瓶|一盒|好几颗|好几片|一把)~{0,3}(药|安眠|片)|当~{0,3}(糖豆|零食|糖)~{0,3}吃|"
+                              r"(喝|吃)了?~{0,4}(农药|百草枯|敌敌畏|老鼠药)|一整瓶白酒"),
+                          _en(r"(battery|magnet|pesticide|bleach|pills)[^.]{0,20}(swallowed|ate|drank)"))
+GAS = (_zh(r"(煤气|天然气|燃气)~{0,4}(泄漏|漏了)~{0,12}(头疼|头痛|恶心|晕|站不|叫不醒)"), _en(r"gas leak[^.]{0,40}(dizzy|faint|unconscious)"))
+PREGNANCY = (_zh(r"怀孕|孕|产后|生完|坐月子|大姨妈|月经|例假"), _en(r"pregnan|postpartum|period"))
+HEAVY_BLEED = (_zh(r"(哗哗|大量|好多|很多|特别多|不停|止不住|开闸|湿透|一直)~{0,4}(流血|出血|淌血)|(流血|出血|见红)~{0,8}(哗哗|特别多|很多|止不住|湿透|肚子疼|腹痛|头晕)|"
+                   r"血~{0,6}(开闸|湿透)|湿透~{0,4}(卫生巾|裤子)"), _en(r"(heavy|soaking)[^.]{0,10}bleed"))
+BLOOD_GUSH = (_zh(r"血~{0,3}(往外喷|喷出|喷|涌)|(拉|解|便)~{0,4}(黑血|血便|全是血)|咳~{0,4}(鲜血|一大口血|大口血)"), _en(r"blood (is )?gushing"))
+ASTHMA = (_zh(r"哮喘|气管炎|慢阻肺|喘~{0,2}(犯了|发作)"), _en(r"asthma"))
+ASTHMA_SEVERE = (_zh(r"不管用|没用|没效果|发紫|发青|发乌|乌了|紫了|越来越|说不了~{0,4}话|说不出~{0,2}话|上气不接下气|躺不下|喘不|吸不进"),
+                 _en(r"inhaler (isn'?t|not) (working|helping)|lips (are )?(blue|purple)"))
+BREATH_DISTRESS = (_zh(r"(嘴唇|嘴皮|脸)~{0,3}(发紫|发青|紫了|乌了|青紫)|(卡住|噎住|呛进|呛到)~{0,6}(嗓子|喉咙|气管|说不出|咳不出|喘不)|"
+                       r"吸不进气|胸口一凹一凹|三凹|上气不接下气~{0,6}(躺不下|说不)|喘得~{0,4}(说不了|越来越)"),
+                   _en(r"(lips|face) (are |is )?(turning )?(blue|purple)"))
+EUPHEMISM_SELF = (_zh(r"活着~{0,3}(真)?没(啥|什么|意思|意义)|(攒|囤|存|备)~{0,4}(安眠药|药)~{0,4}(数好|够了|准备)|药~{0,3}(囤够|攒够|数好)|"
+                      r"(不想|别)再?醒(过来)?|睡过去就别醒|一了百了|不想活|活不下去|过不下去~{0,6}(绳|药|刀)|(绳子|刀片|药)~{0,4}(都)?准备好了|"
+                      r"是个累赘|没有我~{0,4}(会)?(过得)?更好|我准备走了|想消失|托付给|天台~{0,8}不回来|江边~{0,4}一了百了|结束这一切|遗书"),
+                  _en(r"no point (in )?living|better off without me|stockpil(ed|ing) (pills|meds)"))
+IN_WATER = (_zh(r"(掉|落|摔|跌)~{0,2}(河|湖|水|池塘|井|游泳池|水库)里?|溺水|呛水"), _en(r"fell (in|into) (the )?(river|pool|lake|water)"))
+NOT_BREATHING = (_zh(r"没~{0,3}(喘气|呼吸|气了)|不~{0,2}喘气|没有?气|摸不到~{0,2}(脉|心跳)|一动不动|趴那不动|叫不醒|喊不醒|喊~{0,4}不应|怎么~{0,2}(喊|叫|摇|拍)~{0,4}(都)?(不醒|没有?反应)|拍也不醒"),
+                 _en(r"not breathing|no pulse|won'?t wake"))
+SEIZURE_MORE = (_zh(r"一抽一抽|抽了好几回|牙关~{0,4}(紧|咬)|羊角风|抽风"), _en(r"jerking"))
+HEAD_INJURY = (_zh(r"(磕|撞|摔|砸|碰)~{0,6}(头|脑袋|后脑勺|脑壳|额头)|(头|脑袋|后脑勺|脑壳)~{0,4}(磕|撞|摔|砸)"),
+               _en(r"(hit|bumped|banged) (his|her|my) head|head injury"))
+HEAD_RED_FLAGS = (_zh(r"吐了|呕吐|迷迷糊糊|迷糊|嗜睡|叫不醒|犯困|不认人|说胡话|流血不止|抽搐|耳朵~{0,3}(流血|流水)|昏"),
+                  _en(r"vomit|drowsy|confused|won'?t wake"))
+CHILD_FEVER = (_zh(r"(孩子|宝宝|娃|小孩|婴儿|儿子|女儿)~{0,10}(高烧|发烧|烧到|高热|发热)"), _en(r"(baby|child|toddler)[^.]{0,20}fever"))
+LETHARGY = (_zh(r"精神~{0,2}(很差|特别差|萎靡)|不~{0,2}理人|叫~{0,4}不~{0,2}(醒|应)|嗜睡|蔫|没有?反应|脖子~{0,2}(硬|僵)|皮疹~{0,4}按不褪"),
+            _en(r"(floppy|lethargic|hard to wake|stiff neck)"))
+DISULFIRAM = (_zh(r"(头孢|甲硝唑|替硝唑)~{0,10}(酒|啤酒|白酒)|(酒|啤酒|白酒)~{0,10}(头孢|甲硝唑)"), _en(r"(cephalosporin|metronidazole)[^.]{0,30}(alcohol|beer|wine)"))
+DISULFIRAM_SIGNS = (_zh(r"心慌|胸闷|脸~{0,2}(红|通红)|呼吸困难|喘不|头晕|血压~{0,2}(低|掉)|恶心"), _en(r"flush|palpitat|short of breath|dizzy"))
+BLEED_ON = (_zh(r"血~{0,3}(流个不停|流个没完|一直流|哗哗)|(流|出)血~{0,3}(不停|没停|个不停)"), _en(r"bleeding (nonstop|non-stop)"))
+COLLAPSE = (_zh(r"(栽|倒|摔)~{0,3}(地上|在地)|倒在~{0,4}(卫生间|厕所|地上)|瘫在"), _en(r"collapsed"))
 
 
 def _both(zh_en: tuple[re.Pattern, re.Pattern]) -> re.Pattern:
@@ -193,6 +231,22 @@ EMERGENCY_RULES: tuple[Rule, ...] = (
     Rule("bleeding.uncontrolled", "bleeding", (_both(BLEEDING),), event=False),
     Rule("bleeding.vomit_blood", "bleeding", (_both(BLOOD_VOMIT),)),
     Rule("burn.severe", "burn", (_both(BURN),)),
+
+    Rule("poisoning.object_first", "poisoning", (_both(INGESTION_OBJECT_FIRST),)),
+    Rule("poisoning.gas", "poisoning", (_both(GAS),), event=False),
+    Rule("bleeding.pregnancy", "bleeding", (_both(PREGNANCY), _both(HEAVY_BLEED)), event=False),
+    Rule("bleeding.gushing", "bleeding", (_both(BLOOD_GUSH),), event=False),
+    Rule("breathing.asthma", "breathing", (_both(ASTHMA), _both(ASTHMA_SEVERE)), event=False),
+    Rule("breathing.distress", "breathing", (_both(BREATH_DISTRESS),)),
+    Rule("self_harm.euphemism", "self_harm", (_both(EUPHEMISM_SELF),), event=False),
+    Rule("unconscious.in_water", "unconscious", (_both(IN_WATER), _both(NOT_BREATHING)), event=False),
+    Rule("unconscious.not_breathing", "unconscious", (_both(NOT_BREATHING),)),
+    Rule("unconscious.collapse_floor", "unconscious", (_both(COLLAPSE),)),
+    Rule("seizure.colloquial", "seizure", (_both(SEIZURE_MORE),)),
+    Rule("general.head_injury", "general", (_both(HEAD_INJURY), _both(HEAD_RED_FLAGS)), event=False),
+    Rule("general.child_fever_lethargy", "general", (_both(CHILD_FEVER), _both(LETHARGY)), event=False),
+    Rule("poisoning.disulfiram_reaction", "poisoning", (_both(DISULFIRAM), _both(DISULFIRAM_SIGNS)), event=False),
+    Rule("bleeding.ongoing", "bleeding", (_both(BLEED_ON),)),
 )
 
 # ---- harmful requests ------------------------------------------------------------------------------
@@ -224,3 +278,34 @@ ILLICIT_DRUGS = _both((_zh(r"(制作|制造|合成|提炼|自制)~{0,6}(冰毒|�
 # ---- general-knowledge questions (only matter when the text names no person and no present event) ----
 GENERAL = _both((_zh(r"为什么|为何|如果有人|万一有人|常见原因|原因有哪些|有哪些|是什么|什么是|什么原因|如何预防|怎么预防|怎样预防|区别|科普|如何识别|怎么识别|会不会|注意什么"),
                  _en(r"\bif (someone|somebody|a person|a child)\b|\b(what are|what is|what causes|why do|why does|how do|how does|how is|how to|is it|are there|symptoms of|signs of|causes of|difference between)\b")))
+
+# ---- harmful requests the first rules missed (issue 17)
+POISONS = r"百草枯|敌敌畏|毒鼠强|老鼠药|鼠药|氰化钾|氰化钠|氰化物|砒霜|三氧化二砷|铊|乌头碱|河豚毒素|农药|敌百虫|甲醇"
+POISON_AMOUNT = _both((_zh(r"(" + POISONS + r")~{0,8}(多少|几)(毫升|克|毫克|口|瓶|片|ml|g|mg)?~{0,8}(死|致死|毙命|没命|走)|"
+                           r"(" + POISONS + r")~{0,6}(哪里|哪儿|怎么|在哪)~{0,4}(买|弄|搞|找)|(哪里|哪儿|怎么)~{0,6}(买|弄|搞)~{0,4}(" + POISONS + r")|"
+                           r"(" + POISONS + r")~{0,4}(量大|多买)|(胰岛素|氯化钾|地高辛)~{0,8}(多少|多大)~{0,10}(死|停|致死|没命)"),
+                       _en(r"how much (paraquat|cyanide|arsenic)")))
+SELF_METHOD_MORE = _both((_zh(r"割腕~{0,6}(哪里|哪儿|怎么|多深)|(哪里|哪儿)~{0,3}割~{0,6}(血|快|死)|(吃|服)多少~{0,6}(安眠药|药)~{0,8}(不醒|睡过去|走)|"
+                              r"怎么死~{0,4}(不|没有?)~{0,2}(痛|疼|难受)|(几楼|多高)~{0,6}跳~{0,8}(成功|死|没救)|烧炭~{0,10}(多长|多久|几个小时|走)|"
+                              r"上吊~{0,6}(绳|结|怎么)|(死|走)得~{0,2}(快|不痛)"),
+                          _en(r"which (vein|artery) to cut|(painless|quickest|easiest|best|surest) way to (die|overdose|end (it|my life)|kill myself)|"
+                              r"how (many|much)[^.?]{0,40}to (overdose|die|end (it|my life))|what pills[^.?]{0,30}(to die|to end|overdose)")))
+COVERT_DOSING = _both((_zh(r"(偷偷|悄悄|背着|不让~{0,3}知道)~{0,10}(下药|放药|加药|喂药|下毒)|"
+                           r"(饭|菜|汤|水|酒|茶|奶茶|咖啡|饮料|杯子|牛奶)~{0,3}(里|中)~{0,6}(下药|放~{0,4}药|加~{0,6}(药|什么|点)|下~{0,3}(什么|点))|"
+                           r"(下|放|加|掺|磨)~{0,6}(药|粉)~{0,10}(饭|菜|汤|水|酒|茶|奶茶|咖啡|饮料|杯子)|查不出来?~{0,4}(的)?药|"
+                           r"(让|使)~{0,2}(人|他|她)~{0,10}(昏迷不醒|睡死|醒不来|进医院|拉到脱水|慢慢不行)|喂~{0,4}(什么|点)?药~{0,6}(一直睡|睡死|不闹)|"
+                           r"(给|对)~{0,6}(狗和人|人)~{0,4}下~{0,2}药"),
+                       _en(r"(slip|put|hide|crush)[^.?]{0,30}(pill|drug|powder|sedative)[^.?]{0,30}(food|drink|coffee|tea)|"
+                           r"make (my|his|her|their|someone|somebody|a)[^.?]{0,20}(sleep|pass out|unconscious|drowsy)[^.?]{0,30}without (him|her|them|anyone) (knowing|noticing)|"
+                           r"without (him|her|them) (knowing|noticing)[^.?]{0,40}(drug|pill|sedat|sleep)")))
+TOXIC_GAS = _both((_zh(r"(怎么|如何|教我|怎样)~{0,6}(配|制|做|弄|搞|调)出?~{0,6}(毒气|有毒的?气体|氯气|毒烟)"),
+                   _en(r"(mix|combine|make|produce|create)[^.?]{0,40}(to make|to produce|to create|into|for)[^.?]{0,10}(a )?(toxic|poison(ous)?|deadly) (gas|fumes)|"
+                       r"how (to|do i|can i) make (a )?(toxic|poison(ous)?|deadly) (gas|fumes)")))
+CONTROLLED = (r"奥施康定|羟考酮|曲马多|地西泮|安定片|芬太尼|吗啡|杜冷丁|哌替啶|可待因|止咳水|三唑仑|阿普唑仑|艾司唑仑|氯硝西泮|"
+              r"劳拉西泮|唑吡坦|佐匹克隆|氯胺酮|K粉|笑气|麻黄碱|伪麻黄碱|丁丙诺啡|美沙酮|γ-羟基丁酸|GHB|右美沙芬|咪达唑仑|安眠药")
+CONTROLLED_ACQUIRE = _both((_zh(r"(不要|不用|没有?|免|无)~{0,2}(处方|方子)~{0,12}(" + CONTROLLED + r")|(" + CONTROLLED + r")~{0,12}(不要|不用|没有?|免|无)~{0,2}(处方|方子)|"
+                                r"(哪里|哪儿|怎么|在哪|渠道|门路)~{0,8}(买|弄|搞|找|出)~{0,4}(" + CONTROLLED + r")|(" + CONTROLLED + r")~{0,10}(哪里|哪儿|在哪|怎么)~{0,4}(买|弄|搞|卖)|"
+                                r"(出|卖|代购|收|求)~{0,4}(" + CONTROLLED + r")|(" + CONTROLLED + r")~{0,6}(私信|价格好说|出吗|有渠道|怎么搞到|搞到手)|"
+                                r"(伪造|假)~{0,2}(处方|方子)|(提炼|提取|制)~{0,4}(麻黄碱|可待因)|(" + CONTROLLED + r")~{0,6}(嗨|high)|(门路|渠道)~{0,6}(" + CONTROLLED + r")"),
+                            _en(r"(buy|get|order|score)[^.?]{0,30}(oxycodone|oxycontin|oxy|tramadol|diazepam|valium|fentanyl|xanax|alprazolam|"
+                                r"codeine|morphine|klonopin|clonazepam|adderall|ketamine)[^.?]{0,30}(without (a )?(prescription|script|rx)|no (prescription|script|rx)|online|on the street|dark ?web)")))
