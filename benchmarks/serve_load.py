@@ -9,20 +9,22 @@ Everything runs on this machine with the project venv; nothing is downloaded (HF
   `transformers serve` refuses unknown fields and may stop at EOS, so output tokens are what each
   server reports in its usage chunk, else what came back re-tokenized), prompts from
   the first questions of ``../shared/data/sft_toyhom_im_department.jsonl`` (chatml template).
-* Load generator: our own, async, the official ``openai`` client; fixed concurrency (each of C
-  workers sends its next request when the previous ends) or Poisson arrivals (``--rate``).
+* Load generator: our own, async, the official ``openai`` client; fixed concurrency or Poisson arrivals (``--rate``).
 * Metrics, in the vLLM benchmark's terms: TTFT (request sent -> first content chunk), TPOT (per
   request: (last chunk - first chunk) / (output tokens - 1)), ITL (gaps between content chunks),
   end-to-end latency, p50 / p99 of each; output tokens/s = all output tokens / wall time.
 
 Scenarios (``--only`` picks some):
-  ``ray-continuous``  our app (router + one model replica, transformers continuous batching) at C=1 and C=32
-  ``ray-serve-batch`` the same app with ``batching: serve_batch`` (Ray Serve ``@serve.batch``) at C=1 and C=32
+  ``ray-colocated``   our app with ``colocate_router: true`` (router and engine in one replica) at C=1 and C=32
+  ``ray-continuous``  our app as two deployments (router -> model replica) at C=1 and C=32
   ``hf-serve``        ``transformers serve --continuous-batching`` on the same model at C=32 (same KV size)
   ``in-process``      the same engine called in this process, C=1 (TTFT without HTTP and Ray)
 
-Ratios printed (targets, never asserted): C=32 vs C=1 output tokens/s >= 5x; ours vs transformers serve at
-C=32 >= 1.0x; TTFT p50 through Ray Serve HTTP vs in-process <= 1.25x; continuous vs serve_batch at C=32.
+Both apps are reached through caregpt's front proxy (a subprocess, as in every deployment).
+
+Ratios printed per app (targets, never asserted): output tokens/s at C=32 vs transformers serve >= 1.2x;
+TTFT p50 at C=1 through HTTP vs in-process <= 1.25x; C=32 vs C=1 output tokens/s >= 6x. The per-message
+hop (replica -> [router ->] HTTP proxy -> client) is shown as ITL p50 at C=1 over HTTP minus in-process.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py --json /tmp/serve_load.json
     .venv/bin/python benchmarks/serve_load.py --only ray-continuous,hf-serve --requests 32   # quicker
@@ -51,7 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SFT = SHARED / "sft_toyhom_im_department.jsonl"
 PRETRAIN = SHARED / "pretrain_medicalgpt_fever.txt"
-SCENARIOS = ("ray-continuous", "ray-serve-batch", "hf-serve", "in-process")
+SCENARIOS = ("ray-colocated", "ray-continuous", "hf-serve", "in-process")
+RAY_APPS = {"ray-colocated": True, "ray-continuous": False}  # scenario -> colocate_router
 CLIENT_TIMEOUT_S = 300.0  # a request still streaming after this counts as failed (--client-timeout)
 IGNORE_EOS = {"ignore_eos": True}  # ours (vLLM's extension); transformers serve refuses unknown fields
 
@@ -96,14 +99,10 @@ class Result:
     def summary(self) -> dict:
         def pct(values, q):
             values = sorted(v for v in values if v is not None)
-            if not values:
-                return None
-            return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+            return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else None
 
-        ttft = [s.ttft for s in self.samples]
-        tpot = [s.tpot for s in self.samples]
+        ttft, tpot, e2e = [s.ttft for s in self.samples], [s.tpot for s in self.samples], [s.e2e for s in self.samples]
         gaps = [g for s in self.samples for g in s.gaps]
-        e2e = [s.e2e for s in self.samples]
         return {
             "scenario": self.scenario, "concurrency": self.concurrency, "requests": self.requests, "failures": self.failures,
             "output_tokens": self.output_tokens, "wall_s": round(self.wall_s, 2), "output_tokens_per_s": round(self.tokens_per_s, 1),
@@ -215,15 +214,15 @@ async def run_load(base_url: str, model: str, prompts, *, concurrency: int, requ
 
 
 # ---- the servers -----------------------------------------------------------------------------------
-def deploy_ray(model_dir: Path, batching: str, args) -> tuple[str, str]:
+def deploy_ray(model_dir: Path, scenario: str, args) -> tuple[str, str]:
     from ray import serve
 
     from caregpt.serve.app import build_app
 
-    name = f"bench-{batching.replace('_', '-')}"
+    name = f"bench-{scenario}"
     settings = {
         "model_name_or_path": str(model_dir), "served_model_name": "bench34m", "template": "chatml",
-        "batching": batching, "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait,
+        "colocate_router": RAY_APPS[scenario], "max_batch_size": args.max_batch_size,
         "num_replicas": 1, "num_cpus": 1, "router_num_cpus": 0.1, "torch_threads": args.threads,
         "max_ongoing_requests": max(64, args.concurrency * 2), "max_model_len": 2048, "request_timeout_s": 900,
     }
@@ -233,7 +232,16 @@ def deploy_ray(model_dir: Path, batching: str, args) -> tuple[str, str]:
         if time.monotonic() > deadline or serve.status().applications[name].status == "DEPLOY_FAILED":
             raise RuntimeError(f"{name} did not start: {serve.status().applications[name].message}")
         time.sleep(0.5)
-    return name, f"{args.serve_url}/{name}/v1"
+    return name, f"{args.front_url}/{name}/v1"
+
+
+def start_front(serve_port: int) -> tuple[subprocess.Popen, str]:
+    """caregpt's front proxy before Serve's, in its own process (as the KubeRay sidecar runs it)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "caregpt.serve.front", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{serve_port}"],
+                            stdout=subprocess.PIPE, text=True)
+    assert "listening" in proc.stdout.readline(), "the front proxy did not start"
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def start_hf_serve(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
@@ -265,16 +273,14 @@ class InProcess:
 
     def __init__(self, model_dir: Path, threads: int):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from caregpt.data.templates import get_template
+        from caregpt.models.inference import InferenceSpec, load_for_inference
         from caregpt.serve.hf_engine import TransformersEngine
 
         torch.set_num_threads(threads)
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
-        self.template = get_template("chatml", self.tok)
-        self.engine = TransformersEngine(model, self.tok, template_stops=self.template.stop_strings, batching="continuous", max_batch_size=32, max_model_len=2048)
+        loaded = load_for_inference(InferenceSpec(str(model_dir), template="chatml", device="cpu"))  # the one inference loader
+        self.tok, self.template = loaded.tokenizer, loaded.template
+        self.engine = TransformersEngine(loaded.model, self.tok, template_stops=self.template.stop_strings, max_batch_size=32, max_model_len=2048)
         self._count = 0
 
     async def one(self, messages, max_tokens: int) -> Sample:
@@ -284,14 +290,17 @@ class InProcess:
         self._count += 1
         ids = self.template.encode_prompt(self.tok, messages)
         start = time.perf_counter()
-        first = None
+        first = last = None
+        gaps: list[float] = []
         count = 0
         async for out in self.engine.generate(GenerationRequest(f"inproc-{self._count}", ids, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))):
-            if out.text and first is None:
-                first = time.perf_counter()
+            now = time.perf_counter()
+            if out.text:
+                gaps += [now - last] if first is not None else []
+                first, last = first or now, now
             count = out.num_tokens
         end = time.perf_counter()
-        return Sample(ttft=(first or end) - start, e2e=end - start, tokens=count)
+        return Sample(ttft=(first or end) - start, e2e=end - start, tokens=count, gaps=gaps)
 
     async def run(self, prompts, requests: int, max_tokens: int) -> Result:
         for p in prompts[:2]:
@@ -318,22 +327,17 @@ def report(results: dict[str, Result]) -> dict:
     for r in rows:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
 
-    def get(key):
-        return results.get(key)
-
-    c32, c1 = get("ray-continuous@32"), get("ray-continuous@1")
+    get = results.get
     hf, inproc = get("hf-serve@32"), get("in-process@1")
-    sb32 = get("ray-serve-batch@32")
-    ratios = {
-        "ray_c32_vs_c1_tokens_per_s (target >= 5)": ratio(c32 and c32.tokens_per_s, c1 and c1.tokens_per_s),
-        "ray_vs_transformers_serve_c32_tokens_per_s (target >= 1.0)": ratio(c32 and c32.tokens_per_s, hf and hf.tokens_per_s),
-        "ttft_p50_http_vs_in_process_c1 (target <= 1.25)": ratio(c1 and c1.summary()["ttft_ms_p50"], inproc and inproc.summary()["ttft_ms_p50"]),
-        "continuous_vs_serve_batch_c32_tokens_per_s": ratio(c32 and c32.tokens_per_s, sb32 and sb32.tokens_per_s),
-        "serve_batch_c32_vs_c1_tokens_per_s": ratio(sb32 and sb32.tokens_per_s, get("ray-serve-batch@1") and get("ray-serve-batch@1").tokens_per_s),
-    }
-    print("\nratios:")
-    for k, v in ratios.items():
-        print(f"  {k}: {v}")
+    ratios = {}
+    for app in RAY_APPS:
+        c32, c1 = get(f"{app}@32"), get(f"{app}@1")
+        ratios[f"{app}: c32 output tok/s vs transformers serve (target >= 1.2)"] = ratio(c32 and c32.tokens_per_s, hf and hf.tokens_per_s)
+        ratios[f"{app}: TTFT p50 c1 HTTP vs in-process (target <= 1.25)"] = ratio(c1 and c1.summary()["ttft_ms_p50"], inproc and inproc.summary()["ttft_ms_p50"])
+        ratios[f"{app}: c32 vs c1 output tok/s (target >= 6)"] = ratio(c32 and c32.tokens_per_s, c1 and c1.tokens_per_s)
+        hop = c1 and inproc and c1.summary()["itl_ms_p50"] is not None and inproc.summary()["itl_ms_p50"] is not None
+        ratios[f"{app}: per-message hop ms (ITL p50 c1 HTTP - in-process)"] = round(c1.summary()["itl_ms_p50"] - inproc.summary()["itl_ms_p50"], 2) if hop else None
+    print("\nratios (noisy on a shared machine):\n" + "\n".join(f"  {k}: {v}" for k, v in ratios.items()))
     return {"results": rows, "ratios": ratios}
 
 
@@ -351,8 +355,8 @@ async def main_async(args) -> dict:
     cn = dict(concurrency=args.concurrency, requests=args.requests)
     cleanups = []
     try:
-        ray_modes = [m for m in ("continuous", "serve_batch") if f"ray-{m.replace('_', '-')}" in only]
-        if ray_modes:
+        ray_apps = [a for a in RAY_APPS if a in only]
+        if ray_apps:
             import ray
             from ray import serve
 
@@ -361,12 +365,13 @@ async def main_async(args) -> dict:
             ensure_ray(num_cpus=4)
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            args.serve_url = f"http://127.0.0.1:{port}"
             cleanups.append(lambda: (serve.shutdown(), ray.shutdown()))
-            for mode in ray_modes:
-                print(f"deploying the Ray Serve app ({mode})...", flush=True)
-                _, url = deploy_ray(model_dir, mode, args)
-                targets.append((f"ray-{mode.replace('_', '-')}", url, "bench34m", IGNORE_EOS, [c1, cn]))
+            front, args.front_url = start_front(port)
+            cleanups.append(lambda: (front.terminate(), front.wait(timeout=60)))
+            for app in ray_apps:
+                print(f"deploying the Ray Serve app ({app})...", flush=True)
+                _, url = deploy_ray(model_dir, app, args)
+                targets.append((app, url, "bench34m", IGNORE_EOS, [c1, cn]))
         hf_loads = [c1, cn] if args.hf_c1 else [cn]
         hf_proc: list[subprocess.Popen] = []
         cleanups.append(lambda: [(p.terminate(), p.wait(timeout=60)) for p in hf_proc if p.poll() is None])
@@ -416,7 +421,6 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-c1", action="store_true", help="also run transformers serve one request at a time")
     parser.add_argument("--rate", type=float, default=None, help="Poisson arrival rate (requests/s) instead of back-to-back requests")
     parser.add_argument("--max-batch-size", type=int, default=32, help="engine batch size (default 32)")
-    parser.add_argument("--batch-wait", type=float, default=0.01, help="serve_batch: batch_wait_timeout_s (default 0.01)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads of every engine (default: CPU count)")
     parser.add_argument("--workdir", default=None, help="where the model and logs go (default: a temp dir, deleted unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -428,7 +432,7 @@ def main(argv=None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     try:
         out = asyncio.run(main_async(args))
-        out["settings"] = {k: v for k, v in vars(args).items() if k != "serve_url"}
+        out["settings"] = {k: v for k, v in vars(args).items() if k != "front_url"}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False))
     finally:

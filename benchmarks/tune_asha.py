@@ -1,68 +1,33 @@
-"""Benchmark: ASHA early stopping vs the full grid, for `caregpt tune` on a 12-configuration LoRA grid.
+"""Benchmark: ASHA early stopping vs the full grid, for `caregpt tune` on a 12-configuration LoRA grid (never asserts).
 
-What it measures (issue 5): the same search space is run twice, in one process and one embedded Ray,
-through the project's own entry points (`caregpt.tune.space.load_tune_config` on a written YAML,
-then `caregpt.tune.run.run_tune`, exactly what `caregpt tune CONFIG.yaml` does):
+The same search space (lora_rank x alpha_over_rank x learning_rate) runs twice through the project's own entry
+points (`load_tune_config` on a written YAML, then `run_tune`, i.e. `caregpt tune CONFIG.yaml`): as a full grid
+(`scheduler: fifo`) and with `scheduler: asha`. Printed: each best eval_loss and their relative difference, total
+training steps and their ratio, wall times, a per-configuration table, and a replay of ASHA over the grid's
+measured curves in other launch orders. Methodology and latest figures: benchmarks/README.md.
 
-* grid:  every configuration trains to the end (`scheduler: fifo`, no early stopping);
-* ASHA:  `scheduler: {type: asha, grace_period: G, reduction_factor: R}`, time = optimizer step.
-
-Search space (12 points): lora_rank [4, 16] x alpha_over_rank [1, 4] (lora_alpha = ratio x rank)
-x learning_rate [1e-4, 1e-3, 1e-2], listed in ascending order as a user would write them. Base
-config: SFT with LoRA on all linear layers of the `tiny` preset of caregpt.models.tiny (tokenizer
-trained on the shared pretraining text + SFT file, seed 0, as the tests' `tiny_model` fixture), the
-first 300 records of the shared SFT file (../shared/data/sft_toyhom_im_department.jsonl through
-examples/registries/shared_data.json), 20 % held out, cutoff 128, batch 8, 40 steps (cosine
-schedule), eval_loss every 5 steps; ASHA grace 5, reduction factor 3, so rungs at steps 5 and 15.
-Two trials run at once, each one Ray Train worker with one torch thread (the test suite's sizing:
-a trial holds one logical CPU for itself and one for its worker; run_tune sizes the embedded Ray).
-
-Printed (never asserted): each experiment's best eval_loss, best as the project picks it (the best
-trial that trained to the end), their relative difference (target: ASHA within 2 % of the grid's
-best), the total optimizer steps each trained (sum over trials of the last step each reported to
-Tune, read back from the experiment) and their ratio (target: ASHA <= 50 % of the grid's), the wall
-time of each, and a per-configuration table. Because the model is a randomly initialised 1M-parameter
-Llama, every eval_loss sits near ln(vocab) and relative differences are small; the grid's own
-spread and where ASHA's pick ranks in the grid are printed so that the 2 % reads in proportion.
-
-Things that move the figures: ASHA here is asynchronous, and a rung cannot stop the first trials
-that reach it (nothing to compare against yet), so whichever configurations launch first tend to
-train to the end; trial ids give the launch order. Steps a stopped trial trains between its last
-report and the moment its Train run is aborted are not counted (they are not reported). Each trial
-also pays a fixed set-up (Train controller and worker start, model load), which early stopping does
-not save, so the wall-time ratio is higher than the step ratio. To separate the launch order from
-the method, the script then replays ASHA (the scheduler make_scheduler builds, fed the grid's
-measured curves in simulated time) for the order that ran, its reverse and random orders: no
-training, a second or two (--replay).
-
-Command (about 15-20 min on this shared 2-core machine):
-
-    .venv/bin/python benchmarks/tune_asha.py --json /tmp/tune_asha.json
-
-Smoke run (4 configurations, 8 steps, a few minutes): add --quick. `--help` lists every option.
+    .venv/bin/python benchmarks/tune_asha.py --json /tmp/tune_asha.json     # ~15-20 min on the shared 2-core machine
+    .venv/bin/python benchmarks/tune_asha.py --quick                         # smoke run: 4 configurations, 8 steps
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-REGISTRY = REPO / "examples" / "registries" / "shared_data.json"
-TOKENIZER_CORPUS = [SHARED_DATA / "pretrain_medicalgpt_fever.txt", SHARED_DATA / "sft_toyhom_im_department.jsonl"]
+import harness
+from harness import Target
 
-# The issue's targets: figures to compare against, not assertions.
-TARGET_REL_DIFF = 0.02
-TARGET_STEP_RATIO = 0.50
+REGISTRY = harness.REPO / "examples" / "registries" / "shared_data.json"
+TARGETS = {
+    "relative_difference": Target("best eval_loss, (ASHA - grid) / grid", 0.02, higher_is_better=False, unit="%", signed=True),
+    "step_ratio": Target("total training steps, ASHA / grid", 0.50, higher_is_better=False, unit="%"),
+}
 
 # full: 2 x 2 x 3 = 12 configurations; quick: 2 x 1 x 2 = 4, short trials, for a smoke run
 PRESETS: dict[str, dict[str, Any]] = {
@@ -78,17 +43,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 PARAMS = ("lora_rank", "lora_alpha", "learning_rate")
 
 
-def build_model(workdir: Path) -> str:
+def build_model(workdir: Path, data_dir: Path) -> str:
     """The tiny model of the tests' fixture; reused when --workdir already holds one (its build is deterministic)."""
     from caregpt.models.tiny import build_tiny_model
 
     out = workdir / "tiny-model"
     if (out / "config.json").is_file():
         return str(out)
-    return str(build_tiny_model("tiny", TOKENIZER_CORPUS, out, seed=0, overwrite=True))
+    corpus = [p for p in (data_dir / "pretrain_medicalgpt_fever.txt", data_dir / "sft_toyhom_im_department.jsonl") if p.is_file()]
+    return str(build_tiny_model("tiny", corpus, out, seed=0, overwrite=True))
 
 
-def write_config(workdir: Path, name: str, model: str, p: dict[str, Any], scheduler: dict[str, Any], concurrent: int) -> Path:
+def write_config(workdir: Path, name: str, model: str, p: dict[str, Any], scheduler: dict[str, Any], concurrent: int,
+                 data_dir: Path) -> Path:
     """One `caregpt tune` YAML: the base training config plus its `tune:` section."""
     import yaml
 
@@ -96,7 +63,7 @@ def write_config(workdir: Path, name: str, model: str, p: dict[str, Any], schedu
         "stage": "sft",
         "model_name_or_path": model,
         "dataset": "toyhom_sft",
-        "dataset_dir": str(SHARED_DATA),
+        "dataset_dir": str(data_dir),
         "dataset_info": str(REGISTRY),
         "template": "chatml",
         "cutoff_len": p["cutoff_len"],
@@ -176,10 +143,6 @@ def key_of(params: dict[str, Any]) -> tuple:
     return tuple(round(float(params[k]), 12) for k in PARAMS)
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def report(asha: dict[str, Any], grid: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
     """Print the per-configuration table and the figures; return the figures for --json."""
     grid_by_key = {key_of(t["params"]): t for t in grid["trials"]}
@@ -188,15 +151,15 @@ def report(asha: dict[str, Any], grid: dict[str, Any], preset: dict[str, Any]) -
 
     # ASHA trial ids are numbered in launch order: with asynchronous rungs the order matters (see the docstring)
     print("\nper configuration (grid rank 1 = lowest eval_loss after the full budget; trial s = the trial's own time, set-up included)")
-    header = ["grid rank", "lora_rank", "lora_alpha", "learning_rate", "grid eval_loss", "grid steps", "grid trial s",
-              "asha trial", "asha eval_loss", "asha steps", "asha trial s", "asha state"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    rows = []
     for t in sorted(asha["trials"], key=lambda t: rank_in_grid.get(key_of(t["params"]), 99)):
         g, p = grid_by_key.get(key_of(t["params"]), {}), t["params"]
-        cells = [str(rank_in_grid.get(key_of(p), "-")), str(p["lora_rank"]), f"{p['lora_alpha']:g}", f"{p['learning_rate']:g}",
-                 fmt(g.get("metric")), str(g.get("steps", "-")), f"{g.get('trial_s', 0):.0f}",
-                 t["trial_id"], fmt(t["metric"]), str(t["steps"]), f"{t['trial_s']:.0f}", t["state"]]
-        print("| " + " | ".join(cells) + " |")
+        rows.append({"rank": rank_in_grid.get(key_of(p)), **{k: p[k] for k in PARAMS}, "g_loss": g.get("metric"), "g_steps": g.get("steps"),
+                     "g_s": g.get("trial_s"), "a_id": t["trial_id"], "a_loss": t["metric"], "a_steps": t["steps"], "a_s": t["trial_s"], "a_state": t["state"]})
+    harness.print_table(rows, [("grid rank", "rank", ""), ("lora_rank", "lora_rank", ""), ("lora_alpha", "lora_alpha", "g"),
+                               ("learning_rate", "learning_rate", "g"), ("grid eval_loss", "g_loss", ".4f"), ("grid steps", "g_steps", ""),
+                               ("grid trial s", "g_s", ".0f"), ("asha trial", "a_id", ""), ("asha eval_loss", "a_loss", ".4f"),
+                               ("asha steps", "a_steps", ""), ("asha trial s", "a_s", ".0f"), ("asha state", "a_state", "")], markdown=True)
 
     figures: dict[str, Any] = {}
     a_best, g_best = asha["best"], grid["best"]
@@ -215,7 +178,7 @@ def report(asha: dict[str, Any], grid: dict[str, Any], preset: dict[str, Any]) -
         describe = lambda b: ", ".join(f"{k}={b['params'][k]:g}" for k in PARAMS)  # noqa: E731
         print(f"  best eval_loss, grid: {g_best['metric']:.4f} ({g_best['trial_id']}: {describe(g_best)})")
         print(f"  best eval_loss, ASHA: {a_best['metric']:.4f} ({a_best['trial_id']}: {describe(a_best)}, {a_best['state']})")
-        print(f"  relative difference (ASHA - grid) / grid: {rel:+.2%} (target: within {TARGET_REL_DIFF:.0%})")
+        print("  " + TARGETS["relative_difference"].line(rel))
         print(f"    for scale: the grid's worst is {spread:.2%} above its best; ASHA's pick is grid rank {pick_rank} of "
               f"{len(ranked_grid)}, {regret:.0%} of the way from the grid's best to its worst")
         # the runs are seeded: a configuration must report the same eval_loss at the same step in both experiments
@@ -226,9 +189,8 @@ def report(asha: dict[str, Any], grid: dict[str, Any], preset: dict[str, Any]) -
             print(f"    same configuration, same step, ASHA vs grid: largest eval_loss difference {max(diffs):.2g} over {len(diffs)} evaluations")
     ratio = asha["total_steps"] / grid["total_steps"] if grid["total_steps"] else float("nan")
     figures.update(asha_total_steps=asha["total_steps"], grid_total_steps=grid["total_steps"], step_ratio=ratio)
-    print(f"  total training steps (sum over trials of the last step reported to Tune): ASHA {asha['total_steps']}, grid {grid['total_steps']} "
-          f"(planned {len(grid['trials'])} x {preset['max_steps']} = {len(grid['trials']) * preset['max_steps']}); "
-          f"ratio {ratio:.1%} (target <= {TARGET_STEP_RATIO:.0%})")
+    print("  " + TARGETS["step_ratio"].line(ratio, f"ASHA {asha['total_steps']}, grid {grid['total_steps']} steps (sum over trials of the "
+          f"last step reported to Tune; planned {len(grid['trials'])} x {preset['max_steps']} = {len(grid['trials']) * preset['max_steps']})"))
     print(f"  trial states: ASHA {asha['states']}, grid {grid['states']}")
     wall_ratio = asha["wall_s"] / grid["wall_s"]
     trial_ratio = asha["trial_s"] / grid["trial_s"] if grid["trial_s"] else float("nan")
@@ -322,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 4 configurations (rank 4/16 x lr 1e-4/1e-2, alpha = 2 x rank), 8 steps, eval every 2, "
                         "ASHA grace 2 and factor 2, 96 records (a few minutes)")
+    parser.add_argument("--data-dir", default=str(harness.SHARED_DATA),
+                        help="folder with sft_toyhom_im_department.jsonl (+ pretrain_medicalgpt_fever.txt for the tokenizer) (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the settings, every trial and the figures to this JSON file")
     parser.add_argument("--workdir", metavar="DIR",
                         help="put the model, YAMLs, Tune experiments and trial outputs here and keep them (default: a temp dir, "
@@ -354,44 +318,36 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             preset["max_steps" if key == "steps" else key] = value
 
-    workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="caregpt-bench-tune-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(args.data_dir).resolve()
+    harness.require_files(data_dir / "sft_toyhom_im_department.jsonl", flag="--data-dir")
     started = time.perf_counter()
-    try:
-        model = build_model(workdir)
-        asha_scheduler = {"type": "asha", "grace_period": preset["grace_period"], "reduction_factor": preset["reduction_factor"]}
-        configs = {
-            "asha": write_config(workdir, "asha", model, preset, asha_scheduler, args.concurrent),
-            "grid": write_config(workdir, "grid", model, preset, {"type": "fifo"}, args.concurrent),
-        }
-        order = ["asha", "grid"] if args.order == "asha-first" else ["grid", "asha"]
-        results = {}
-        for name in order:
-            print(f"\n=== {name}: caregpt tune {configs[name]} ===", flush=True)
-            results[name] = run_experiment(configs[name])
+    with harness.work_dir(args.workdir, args.keep, "caregpt-bench-tune-") as workdir:
+        try:
+            model = build_model(workdir, data_dir)
+            asha_scheduler = {"type": "asha", "grace_period": preset["grace_period"], "reduction_factor": preset["reduction_factor"]}
+            configs = {name: write_config(workdir, name, model, preset, scheduler, args.concurrent, data_dir)
+                       for name, scheduler in (("asha", asha_scheduler), ("grid", {"type": "fifo"}))}
+            order = ["asha", "grid"] if args.order == "asha-first" else ["grid", "asha"]
+            results = {}
+            for name in order:
+                print(f"\n=== {name}: caregpt tune {configs[name]} ===", flush=True)
+                results[name] = run_experiment(configs[name])
+            print(f"\n=== caregpt tune: ASHA vs full grid, {len(results['grid']['trials'])} configurations x {preset['max_steps']} "
+                  f"steps, eval_loss every {preset['eval_steps']} steps, ASHA grace {preset['grace_period']} factor "
+                  f"{preset['reduction_factor']:g}, {args.concurrent} trials at a time, {preset['max_samples']} records ===")
+            figures = report(results["asha"], results["grid"], preset)
+            if args.replay and results["grid"]["best"] is not None:
+                figures["replay"] = replay(results["grid"], configs["asha"], args.concurrent, args.replay)
+            total = time.perf_counter() - started
+            print(f"  whole script: {total:.0f} s")
+            harness.write_json(args.json, {"settings": {**preset, "concurrent": args.concurrent, "order": order},
+                                           "figures": figures, "total_s": total, **results})
+        finally:
+            import ray
 
-        n = len(results["grid"]["trials"])
-        print(f"\n=== caregpt tune: ASHA vs full grid, {n} configurations x {preset['max_steps']} steps, eval_loss every "
-              f"{preset['eval_steps']} steps, ASHA grace {preset['grace_period']} factor {preset['reduction_factor']:g}, "
-              f"{args.concurrent} trials at a time, {preset['max_samples']} records ===")
-        figures = report(results["asha"], results["grid"], preset)
-        if args.replay and results["grid"]["best"] is not None:
-            figures["replay"] = replay(results["grid"], configs["asha"], args.concurrent, args.replay)
-        total = time.perf_counter() - started
-        print(f"  whole script: {total:.0f} s; experiments and YAMLs in {workdir}" if args.workdir or args.keep else f"  whole script: {total:.0f} s")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"settings": {**preset, "concurrent": args.concurrent, "order": order},
-                                                   "figures": figures, "total_s": total, **results}, indent=2, default=str))
-            print(f"  JSON: {args.json}")
-    finally:
-        import ray
-
-        if ray.is_initialized():  # our embedded Ray only (run_tune started it): stop it before its storage is removed
-            ray.shutdown()
-        if not args.workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if ray.is_initialized():  # our embedded Ray only (run_tune started it): stop it before its storage is removed
+                ray.shutdown()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,12 +51,13 @@ def cmd_data(argv: list[str]) -> int:
         return _delegate(DATA_TOOLS[action])(argv[1:])
     if action not in ("check", "prepare"):
         print(
-            "usage: caregpt data {check,prepare,deid,export} ...\n\n"
+            "usage: caregpt data {check,prepare,deid,export,download} ...\n\n"
             "  check    count records, show invalid ones with file:line, token length statistics\n"
             "  prepare  tokenize once into parquet (reused by training; --overwrite_cache to redo)\n"
             "  deid     mask personal identifiers (names, ID numbers, phones, emails, addresses, record numbers, dates)\n"
             "  export   a registered SFT dataset to OpenAI chat fine-tuning JSONL (--format openai-chat), validated;\n"
-            "           or the fine-tuning service's feedback ratings as preference (DPO) pairs (--format preference)\n\n"
+            "           or the fine-tuning service's feedback ratings as preference (DPO) pairs (--format preference)\n"
+            "  download public medical datasets (resumable, sha256-checked), converted and registered (--list)\n\n"
             "Run `caregpt data ACTION --help` for an action's options.\n"
         )
         return 0 if _wants_help(argv) else 2
@@ -156,7 +157,7 @@ def _delegate(module: str) -> Callable[[list[str]], int]:
     return run
 
 
-DATA_TOOLS = {"deid": "caregpt.data.deid_cli", "export": "caregpt.data.openai_export_cli"}
+DATA_TOOLS = {"deid": "caregpt.data.deid_cli", "export": "caregpt.data.openai_export_cli", "download": "caregpt.data.download_cli"}
 
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train a stage (pt, sft, rm, dpo, ppo) on Ray Train with CareGPT's flags"),
@@ -172,7 +173,7 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "distill": (_delegate("caregpt.distill.cli"), "generate training / knowledge data from any OpenAI-compatible teacher model"),
     "openai-finetune": (_delegate("caregpt.data.openai_finetune"), "upload a chat JSONL and start a fine-tuning job on an OpenAI-compatible service"),
     "run": (_delegate("caregpt.pipeline.cli"), "run a pipeline: new-model, pt, sft, dpo, ..., eval, export, deploy in order"),
-    "data": (cmd_data, "datasets: check, prepare (tokenize), deid (mask identifiers), export (OpenAI chat JSONL)"),
+    "data": (cmd_data, "datasets: check, prepare (tokenize), deid (mask identifiers), export (OpenAI chat JSONL), download (public sets)"),
     "new-model": (cmd_new_model, "build a tiny Llama-architecture model + tokenizer from local text"),
 }
 

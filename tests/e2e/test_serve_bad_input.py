@@ -82,6 +82,17 @@ CASES = [
     ("completion_empty_prompt_list", "POST", COMPLETIONS, {"model": "tiny-medical", "prompt": []}, GOOD_KEY, 400, None, "prompt"),
     ("completion_prompt_not_text", "POST", COMPLETIONS, {"model": "tiny-medical", "prompt": {"a": 1}}, GOOD_KEY, 400, None, "prompt"),
     ("completion_suffix_unsupported", "POST", COMPLETIONS, {"model": "tiny-medical", "prompt": "a", "suffix": "b"}, GOOD_KEY, 400, "unsupported_parameter", "suffix"),
+    # issue 16: each of these was a 500 or was accepted
+    ("json_nested_10000_levels", "POST", CHAT, b'{"model": "tiny-medical", "messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", GOOD_KEY, 400, "invalid_json", None),
+    ("lone_surrogate_in_chat", "POST", CHAT, b'{"model": "tiny-medical", "messages": [{"role": "user", "content": "a\\ud800b"}]}', GOOD_KEY, 400, "invalid_unicode", "messages.0.content"),
+    ("lone_surrogate_in_prompt", "POST", COMPLETIONS, b'{"model": "tiny-medical", "prompt": "a\\ud800b"}', GOOD_KEY, 400, "invalid_unicode", "prompt"),
+    ("lone_surrogate_in_prompt_list", "POST", COMPLETIONS, b'{"model": "tiny-medical", "prompt": ["ok", "\\udfff"]}', GOOD_KEY, 400, "invalid_unicode", "prompt.1"),
+    ("stream_is_a_string", "POST", CHAT, chat(stream="yes"), GOOD_KEY, 400, "invalid_type", "stream"),
+    ("seed_is_a_numeric_string", "POST", CHAT, chat(seed="123"), GOOD_KEY, 400, "invalid_type", "seed"),
+    ("n_is_a_bool", "POST", CHAT, chat(n=True), GOOD_KEY, 400, "invalid_type", "n"),
+    ("logit_bias_is_a_string", "POST", CHAT, chat(logit_bias="x"), GOOD_KEY, 400, "invalid_type", "logit_bias"),
+    ("temperature_is_a_string", "POST", CHAT, chat(temperature="0.5"), GOOD_KEY, 400, "invalid_type", "temperature"),
+    ("model_name_of_250kb", "POST", CHAT, chat(model="m" * 250_000), GOOD_KEY, 400, None, "model"),
     ("unknown_route", "POST", "/v1/embeddings", {"input": "x"}, GOOD_KEY, 404, "not_found", None),
     ("wrong_method", "GET", CHAT, None, GOOD_KEY, 405, None, None),
 ]
@@ -121,6 +132,29 @@ def test_bad_input_gets_an_openai_error(chat_app, case):
     if status == 401:
         assert resp.headers.get("www-authenticate") == "Bearer"
     assert "发烧头痛咳嗽发烧" not in error["message"]  # errors never echo the conversation
+
+
+def test_chunked_body_over_the_limit_is_413(chat_app):
+    """No Content-Length: the limit is enforced while reading (was a 500)."""
+
+    def body():
+        yield b'{"model": "tiny-medical", "messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"x" * 32_768
+        yield b'"}]}'
+
+    headers = {"Authorization": f"Bearer {chat_app['key']}", "Content-Type": "application/json"}
+    resp = httpx.post(f"{chat_app['url']}{CHAT}", content=body(), headers=headers, timeout=60)
+    assert resp.status_code == 413, resp.text[:300]
+    assert resp.json()["error"]["code"] == "request_too_large"
+
+
+def test_exactly_one_request_id(chat_app):
+    headers = {"Authorization": f"Bearer {chat_app['key']}"}
+    for resp in (httpx.post(f"{chat_app['url']}{CHAT}", json=chat(), headers=headers, timeout=60),
+                 httpx.post(f"{chat_app['url']}{CHAT}", json=chat(model="gpt-4"), headers=headers, timeout=60),
+                 httpx.post(f"{chat_app['url']}{CHAT}", json=chat(), timeout=60)):
+        assert len(resp.headers.get_list("x-request-id")) == 1, (resp.status_code, resp.headers)
 
 
 def test_openai_client_raises_typed_errors(chat_app):

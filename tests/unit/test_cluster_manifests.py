@@ -47,9 +47,10 @@ def _ray_schema() -> dict:
 
 
 def _containers(cluster_spec: dict):
+    """The Ray container of every group (KubeRay's convention: the first; sidecars follow it)."""
     groups = [cluster_spec["headGroupSpec"], *cluster_spec.get("workerGroupSpecs", [])]
     for group in groups:
-        yield from group["template"]["spec"]["containers"]
+        yield group["template"]["spec"]["containers"][0]
 
 
 def _cluster_spec(doc: dict) -> dict:
@@ -168,12 +169,34 @@ def test_rayservice_serves_the_chat_app_with_keys_and_redis_from_secrets():
     assert ft["redisAddress"] and "secretKeyRef" in ft["redisPassword"]["valueFrom"]
 
 
+def test_rayservice_puts_the_front_proxy_before_serve_in_every_pod():
+    """Clients reach caregpt.serve.front on the `serve` port; Ray Serve's proxy is on loopback behind it."""
+    doc = _load(CLUSTER / "kuberay" / "rayservice-chat.yaml")
+    http = yaml.safe_load(doc["spec"]["serveConfigV2"])["http_options"]
+    assert http["host"] == "127.0.0.1"
+    cluster = doc["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        containers = group["template"]["spec"]["containers"]
+        [front] = [c for c in containers if "caregpt.serve.front" in c.get("command", [])]
+        command = front["command"]
+        assert command[command.index("--upstream") + 1] == f"127.0.0.1:{http['port']}"
+        listen_port = int(command[command.index("--listen") + 1].rpartition(":")[2])
+        assert {"containerPort": listen_port, "name": "serve"} in front["ports"]
+        assert not any(p.get("name") == "serve" for c in containers if c is not front for p in c.get("ports", []))
+    from caregpt.serve.front import main
+
+    with pytest.raises(SystemExit) as help_exit:  # every flag the manifest passes exists
+        main(["--help"])
+    assert help_exit.value.code == 0
+
+
 @pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
 def test_kuberay_clusters_use_token_auth_and_one_image(path):
     doc = _load(path)
     spec = _cluster_spec(doc)
     assert spec["authOptions"]["mode"] == "token"
-    images = {c["image"] for c in _containers(spec)}
+    groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+    images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
     dockerfile_tag = re.search(r"docker build .* -t (\S+)", (CLUSTER / "docker" / "Dockerfile").read_text())[1]
     assert images == {dockerfile_tag}
     for container in _containers(spec):

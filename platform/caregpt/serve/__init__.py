@@ -10,7 +10,7 @@ Layout (one idea per module):
 - :mod:`~caregpt.serve.server` — the model deployment: engines, adapters through Serve multiplexing.
 - :mod:`~caregpt.serve.catalog`, :mod:`~caregpt.serve.loading` — served names, adapter root checks, loading.
 - :mod:`~caregpt.serve.engine` and its implementations (``hf_engine`` + ``hf_continuous`` /
-  ``hf_static``, ``vllm_engine``), :mod:`~caregpt.serve.sampling`, :mod:`~caregpt.serve.textstream`.
+  ``vllm_engine``), :mod:`~caregpt.serve.sampling`, :mod:`~caregpt.serve.textstream`.
 - :mod:`~caregpt.serve.observability` — Ray metrics and access logs; :mod:`~caregpt.serve.cli` — `caregpt serve`.
 
 Nothing heavy is imported here: the driver validates settings without torch.

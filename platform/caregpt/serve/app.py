@@ -83,6 +83,16 @@ def build_app(settings: ServeConfig | dict[str, Any], overrides: dict[str, dict[
     if "autoscaling_config" in overrides.get("LLMServer", {}) or "num_replicas" in overrides.get("LLMServer", {}):
         model_options.pop("autoscaling_config", None)
         model_options.pop("num_replicas", None)
+    retriever = _retriever(config, values, overrides)
+    if config.colocate_router:  # one deployment: the router builds the model server in its own replica
+        options = {**model_options, **overrides.get("LLMServer", {}), **overrides.get("OpenAIRouter", {})}
+        # every HTTP request is an ongoing request of this replica; the router's admission (max_pending_requests)
+        # answers 503 in OpenAI's shape before Serve's own backpressure would
+        options.update(max_ongoing_requests=config.max_pending_requests + 16, max_queued_requests=-1)
+        for key in ("max_ongoing_requests", "max_queued_requests"):
+            if key in overrides.get("OpenAIRouter", {}):
+                options[key] = overrides["OpenAIRouter"][key]
+        return OpenAIRouter.options(**options).bind(None, values, retriever)
     model = LLMServer.options(**{**model_options, **overrides.get("LLMServer", {})}).bind(values)
     router_options = {
         "num_replicas": config.router_replicas,
@@ -91,10 +101,13 @@ def build_app(settings: ServeConfig | dict[str, Any], overrides: dict[str, dict[
         "graceful_shutdown_wait_loop_s": 1.0,
     }
     router = OpenAIRouter.options(**{**router_options, **overrides.get("OpenAIRouter", {})})
-    retriever = None
-    if config.knowledge_bases:
-        from caregpt.serve.knowledge import KnowledgeRetriever
-
-        retriever_options = {"ray_actor_options": {"num_cpus": config.retriever_num_cpus}, **overrides.get("KnowledgeRetriever", {})}
-        retriever = KnowledgeRetriever.options(**retriever_options).bind(values["knowledge_bases"])
     return router.bind(model, values, retriever)
+
+
+def _retriever(config: ServeConfig, values: dict[str, Any], overrides: dict[str, dict[str, Any]]):
+    if not config.knowledge_bases:
+        return None
+    from caregpt.serve.knowledge import KnowledgeRetriever
+
+    retriever_options = {"ray_actor_options": {"num_cpus": config.retriever_num_cpus}, **overrides.get("KnowledgeRetriever", {})}
+    return KnowledgeRetriever.options(**retriever_options).bind(values["knowledge_bases"])

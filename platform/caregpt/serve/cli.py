@@ -5,8 +5,14 @@
     caregpt serve --model_name_or_path base --adapters_dir outputs/adapters        # many adapters by name
     caregpt serve serve_apps/configs/chat_tiny_cpu.yaml --port 8001               # a Serve config
 
-Ctrl-C (or SIGTERM) drains: the application is deleted through Serve, which stops sending new
-requests to the replicas and lets running ones finish for up to graceful_shutdown_timeout_s.
+Clients reach caregpt's front proxy (:mod:`caregpt.serve.front`: header and body timeouts, a
+connection cap) on host:port; Ray Serve's proxy listens behind it on 127.0.0.1.
+
+Ctrl-C or SIGTERM drains: the front stops accepting and lets forwarded requests finish, then the
+application is deleted through Serve. With an embedded Ray the command supervises a child in its
+own session that runs Ray: SIGTERM to the whole process group (systemd, docker stop, Kubernetes)
+reaches only the supervisor, which asks the child to drain, instead of killing Ray's GCS and
+raylet under the running requests.
 """
 
 from __future__ import annotations
@@ -61,19 +67,48 @@ def _overrides(serve_doc: dict[str, Any] | None) -> tuple[dict[str, dict[str, An
     return deployments, dict(serve_doc.get("http_options") or {}), app
 
 
+_SUPERVISED_ENV = "CAREGPT_SERVE_SUPERVISED"
+
+
 def _wait_for_stop() -> None:
     stop = threading.Event()
 
     def handler(signum, _frame):
         stop.set()
 
+    parent = os.getppid()
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(1.0):
-            pass
+            if os.environ.get(_SUPERVISED_ENV) == "1" and os.getppid() != parent:
+                logger.warning("the supervising caregpt serve process is gone; stopping")
+                return
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run this command again as a child in its own session and pass it a stop signal (see module docstring)."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-m", "caregpt.serve.cli", *argv], env={**os.environ, _SUPERVISED_ENV: "1"}, start_new_session=True)
+
+    def forward(signum, _frame):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return child.wait()
+
+
+def _free_local_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, serve_doc = load_serve_config(argv)
         deployments, http_options, app_entry = _overrides(serve_doc)
         preflight(config)
+        embedded = not (config.ray_address or os.environ.get("RAY_ADDRESS"))
+        if embedded and os.environ.get(_SUPERVISED_ENV) != "1":
+            return _supervise(argv)
         app = build_app(config, deployments)
     except ConfigError as exc:
         print(f"caregpt serve: error: {exc}", file=sys.stderr)
@@ -100,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from caregpt.runtime import ensure_ray
 
     # Shut Serve and Ray down at the end only if this process started them (never a cluster it joined).
-    embedded = not (config.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    embedded = embedded and not ray.is_initialized()
     ensure_ray(config.ray_address)
     # host / port: a flag wins over the Serve config's http_options, which win over the defaults
     from caregpt.config.loader import parse_flags
@@ -110,9 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     http.update({key: getattr(config, key) for key in ("host", "port") if key in flags})
     name = app_entry.get("name", config.app_name)
     route_prefix = app_entry.get("route_prefix", config.route_prefix)
+    public = dict(http)
+    front = None
+    if config.front_proxy:  # Serve's proxy goes behind the front, on loopback
+        http.update(host="127.0.0.1", port=_free_local_port())
     serve.start(http_options=http)
     logger.info("deploying %s (this loads the model on every replica)...", name)
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    if config.front_proxy:
+        from caregpt.serve.front import FrontProxy, FrontThread, options_from_config
+
+        front = FrontThread(FrontProxy(("127.0.0.1", http["port"]), **options_from_config(config)), public["host"], public["port"])
+    http = public
     base = f"http://{http['host']}:{http['port']}{route_prefix.rstrip('/')}"
     print(f"\nCareGPT API ready: {base}/v1  (model: {config.model_name})\n"
           f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
@@ -122,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _wait_for_stop()
     finally:
         print("draining: finishing running requests, then stopping...", flush=True)
+        if front is not None:  # no new requests; the forwarded ones finish (the whole stop stays within 30 s)
+            front.drain(min(config.graceful_shutdown_timeout_s, 20.0))
         serve.delete(name)
         if embedded:
             serve.shutdown()

@@ -67,14 +67,11 @@ class ServeConfig(BaseModel):
     engine: Literal["transformers", "vllm"] = "transformers"
     """Generation engine: transformers (CPU, small GPUs) or vllm (GPU clusters; pip install vllm)."""
 
-    batching: Literal["continuous", "serve_batch"] = "continuous"
-    """transformers engine: continuous (transformers' continuous batching, measured faster here) or serve_batch (Ray Serve @serve.batch)."""
+    batching: Literal["continuous"] = "continuous"
+    """transformers engine batching: continuous (transformers' continuous batching). The static @serve.batch path was removed: it measured 2-3.5x slower at 32 streams."""
 
     max_batch_size: int = Field(default=32, ge=1)
     """Most requests decoded together in one replica."""
-
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
-    """serve_batch only: how long the first request of a batch waits for others."""
 
     kv_cache_tokens: int | None = Field(default=None, ge=16)
     """continuous only: KV cache size in tokens per engine. Default: from free memory on GPU; max(max_model_len, 512 x max_batch_size) on CPU."""
@@ -100,6 +97,18 @@ class ServeConfig(BaseModel):
 
     max_n: int = Field(default=8, ge=1)
     """Largest `n` (answers per request) accepted."""
+
+    max_prompts: int = Field(default=16, ge=1)
+    """Most prompts in one /v1/completions request (a prompt list); more get 400."""
+
+    max_total_tokens: int = Field(default=32768, ge=1)
+    """Most tokens one request may ask to generate: prompts x n x max_tokens (the default answer length counts when max_tokens is unset); more get 400."""
+
+    max_sequences_per_request: int = Field(default=8, ge=1)
+    """Sequences one request keeps in the engine at once (its other prompts wait), so a big request cannot starve the others."""
+
+    max_pending_requests: int = Field(default=512, ge=1)
+    """Requests one router replica holds at once (queued or generating); beyond this new ones get 503 + Retry-After at once."""
 
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     """Largest request body in bytes; larger ones get 413."""
@@ -154,6 +163,20 @@ class ServeConfig(BaseModel):
     """OpenAI's Files + fine-tuning jobs API and POST /v1/feedback on this app (docs/finetune-openai-sdk.md):
     {"storage_root": DIR_OR_URI, ...}, or just the storage root. Needs adapters_dir (fine-tuned models are published there)."""
 
+    # ---- HTTP front (caregpt.serve.front) --------------------------------------------------------
+    front_proxy: bool = True
+    """Put caregpt's front proxy on host:port, before Ray Serve's proxy (then on 127.0.0.1): header and body
+    timeouts and a connection cap that Serve's proxy lacks. Turn off only behind a proxy that has them."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Front: a connection whose request line and headers are not complete after this many seconds is closed."""
+
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """Front: a request whose body has not fully arrived this many seconds after its headers gets 408."""
+
+    max_connections: int = Field(default=10000, ge=16)
+    """Front: open client connections; at the cap, the connection that has waited longest for its headers is closed."""
+
     # ---- Ray Serve deployment ------------------------------------------------------------------
     app_name: str = "caregpt"
     """Ray Serve application name."""
@@ -196,6 +219,11 @@ class ServeConfig(BaseModel):
 
     num_gpus: float = Field(default=0.0, ge=0)
     """GPUs reserved per model replica."""
+
+    colocate_router: bool = False
+    """Single-model apps (no adapters_dir): run the HTTP router inside the model replica, one deployment, one Ray hop
+    less per streamed message (faster first tokens; benchmarks/serve_load.py measures both). A model replica that
+    dies then takes its requests with it (no retry on another replica)."""
 
     router_replicas: int = Field(default=1, ge=1)
     """Replicas of the HTTP router (auth, validation, templates, SSE); cheap, scale for many connections."""
@@ -243,12 +271,12 @@ class ServeConfig(BaseModel):
     def _consistent(self) -> ServeConfig:
         if self.adapter_name_or_path and not self.checkpoint_dir:
             object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        if self.colocate_router and self.adapters_dir:
+            raise ValueError("colocate_router needs a single-model app: adapters_dir uses the separate model deployment (Serve multiplexing)")
         if self.num_replicas is None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
         if self.finetune is not None and not self.adapters_dir:
             raise ValueError("finetune needs adapters_dir: fine-tuned adapters are published there and served by name")
-        if self.batching == "serve_batch" and self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size ({self.max_batch_size})")
         return self
 
     @property

@@ -49,7 +49,7 @@ def model_not_found(name: str, available: list[str]) -> APIError:
     shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
     return APIError(
         404,
-        f"The model {name!r} does not exist or you do not have access to it. Served models: {shown} (GET /v1/models lists them).",
+        f"The model {name[:64]!r} does not exist or you do not have access to it. Served models: {shown} (GET /v1/models lists them).",
         param="model",
         code="model_not_found",
     )

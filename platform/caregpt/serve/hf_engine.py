@@ -1,19 +1,10 @@
 """The transformers engine: one loaded model, concurrent requests batched, answers streamed as text.
 
-Two batching strategies share everything but the token loop:
-
-- ``continuous`` (default): transformers' continuous batching (:mod:`caregpt.serve.hf_continuous`).
-  Requests join and leave the running batch at every step.
-- ``serve_batch``: Ray Serve's ``@serve.batch`` (:mod:`caregpt.serve.hf_static`). Requests that
-  arrive within ``batch_wait_timeout_s`` decode together; later ones wait for the batch.
-
-``benchmarks/serve_load.py`` measures both on the same model (scenarios ray-continuous and
-ray-serve-batch). On the 2-core CPU machine, at 32 concurrent streams of 128 tokens, continuous
-batching gave 2-3.5x the output tokens/s of ``@serve.batch`` (medians of interleaved rounds, 2.7x
-on a quiet machine) and a median time to first token under 1 s instead of 17-98 s, so it is the
-default. A static batch decodes each
-step more cheaply (no block-diagonal attention over every request's cache), but a request that
-misses a batch waits for all of it, and batches split into small ones when arrivals jitter.
+Batching is transformers' continuous batching (:mod:`caregpt.serve.hf_continuous`): requests
+join and leave the running batch at every step. A static-batch path (Ray Serve's ``@serve.batch``)
+existed until issue 16: measured with ``benchmarks/serve_load.py`` on the same model at 32
+concurrent 128-token streams it gave 1/2-1/3.5 of the output tokens/s and a median time to first
+token of 17-98 s instead of under 1 s, so it was removed.
 This module turns token ids into text (:mod:`caregpt.serve.textstream`), applies stop tokens and
 stop strings, and keeps the waiting / running counts the queue-length metric reports.
 """
@@ -30,8 +21,8 @@ from caregpt.serve.textstream import IncrementalText
 
 logger = logging.getLogger("caregpt.serve.hf_engine")
 
-Batching = Literal["continuous", "serve_batch"]
-BATCHING_CHOICES: tuple[str, ...] = ("continuous", "serve_batch")
+Batching = Literal["continuous"]
+BATCHING_CHOICES: tuple[str, ...] = ("continuous",)
 
 
 def _stop_token_ids(model: Any, tokenizer: Any, stop_strings: tuple[str, ...]) -> list[int]:
@@ -61,7 +52,6 @@ class TransformersEngine:
         template_stops: tuple[str, ...] = (),
         batching: Batching = "continuous",
         max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.01,
         max_model_len: int | None = None,
         kv_cache_tokens: int | None = None,
     ):
@@ -78,10 +68,6 @@ class TransformersEngine:
             from caregpt.serve.hf_continuous import ContinuousBackend
 
             self._backend = ContinuousBackend(model, pad_token_id=pad, max_batch_size=max_batch_size, max_model_len=self.max_model_len, kv_cache_tokens=kv_cache_tokens)
-        elif batching == "serve_batch":
-            from caregpt.serve.hf_static import StaticBatchBackend
-
-            self._backend = StaticBatchBackend(model, pad_token_id=pad, max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
         else:
             raise ValueError(f"unknown batching {batching!r}; use one of {BATCHING_CHOICES}")
         self._waiting = 0

@@ -41,7 +41,9 @@ class RouterMetrics:
         self.tokens_per_s = metrics.Histogram("caregpt_output_tokens_per_second", description="Per request: generated tokens / time from first to last token.", boundaries=_RATE_BUCKETS, tag_keys=("model",))
 
     def observe(self, record: AccessRecord) -> None:
-        model = record.model or "-"
+        # Only names the router resolved to a served model become labels: any other string would let a client
+        # mint label values (unbounded /metrics, patient text in Prometheus).
+        model = record.model or "unknown"
         self.requests.inc(tags={"model": model, "route": record.route, "status": str(record.status)})
         if record.status >= 400:
             self.errors.inc(tags={"route": record.route, "status": str(record.status), "code": record.error_code or "-"})
@@ -79,12 +81,26 @@ def key_id(key: str | None) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()[:10] if key else None
 
 
+_LOG_FIELD_CHARS = 64
+
+
+def _clip(value: str | None) -> str | None:
+    """A log field cut to a fixed size, with characters that are not printable escaped."""
+    if value is None:
+        return None
+    text = value[:_LOG_FIELD_CHARS].encode("ascii", "backslashreplace").decode("ascii")
+    return text + ("..." if len(value) > _LOG_FIELD_CHARS else "")
+
+
 @dataclass
 class AccessRecord:
     request_id: str
     route: str
+    response_id: str = ""
+    """The id in the response body (chatcmpl-..., cmpl-...)."""
     started: float = field(default_factory=time.perf_counter)
     model: str | None = None
+    """The served model the request resolved to; None until then (never the client's `model` text)."""
     status: int = 200
     error_code: str | None = None
     stream: bool = False
@@ -103,10 +119,11 @@ class AccessRecord:
     def as_log(self) -> dict[str, Any]:
         entry = {
             "event": "caregpt_access",
-            "request_id": self.request_id,
+            "request_id": _clip(self.request_id),  # Ray Serve's, also the x-request-id response header
+            "response_id": self.response_id,  # the id in the response body (chatcmpl-...), ours
             "route": self.route,
             "status": self.status,
-            "model": self.model,
+            "model": _clip(self.model) or "unknown",
             "stream": self.stream,
             "n": self.n,
             "prompt_tokens": self.prompt_tokens,
@@ -114,10 +131,10 @@ class AccessRecord:
             "ttft_ms": round((self.first_token_at - self.started) * 1000, 1) if self.first_token_at else None,
             "latency_ms": round(self.latency_ms(), 1),
             "key_id": key_id(self.key),
-            "client": self.client,
+            "client": _clip(self.client),
         }
         if self.error_code:
-            entry["error_code"] = self.error_code
+            entry["error_code"] = _clip(self.error_code)
         if self.messages is not None:
             entry["messages"] = self.messages
         return entry

@@ -7,7 +7,10 @@ server default) and zero `temperature` / `top_p` (greedy decoding), so the seed 
 request gets an answer instead of an error.
 
 Accepted but ignored: `presence_penalty`, `frequency_penalty`, `user`, `logit_bias` (clients such as
-ChatGPT-Next-Web send them with neutral values). Refused with a 400 because silently dropping them
+ChatGPT-Next-Web send them with neutral values); they are still type-checked. Types are strict
+(JSON's own types, no coercion): `stream: "yes"`, `seed: "123"`, `n: true` are 400s, since a
+server that guesses what a malformed field meant answers a question nobody asked. Text must be
+valid Unicode: a lone surrogate (`"\ud800"`, legal JSON, not encodable) is a 400 naming the field. Refused with a 400 because silently dropping them
 would change the answer's meaning: `tools` / `functions`, `logprobs`, JSON `response_format`,
 image content parts, `suffix`.
 """
@@ -18,7 +21,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from caregpt.serve.errors import APIError, bad_request
 
@@ -28,7 +31,16 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True)
+
+
+def check_unicode(text: str, param: str) -> str:
+    """`text` itself, or a 400 naming `param` when it holds a lone surrogate (cannot be UTF-8 encoded or tokenized)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(f"{param} is not valid Unicode text (it holds a lone surrogate such as \\ud800).", param, "invalid_unicode") from None
+    return text
 
 
 class TextPart(_Request):
@@ -68,9 +80,9 @@ class StreamOptions(_Request):
 class _Sampling(_Request):
     """Parameters shared by chat and text completions."""
 
-    model: str | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    model: str | None = Field(default=None, max_length=256)
+    temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
     max_tokens: int | None = Field(default=None, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=0)  # CareGPT api_demo / HF spelling; 0 = default
@@ -78,8 +90,9 @@ class _Sampling(_Request):
     seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: StrictFloat | StrictInt | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: StrictFloat | StrictInt | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, StrictFloat | StrictInt] | None = Field(default=None, max_length=300)
     logprobs: Any = None
     ignore_eos: bool = False  # vLLM's extension: keep generating past EOS (benchmarks want fixed lengths)
     user: str | None = None
@@ -139,6 +152,8 @@ class CompletionRequest(_Sampling):
         prompts = [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
         if not prompts:
             raise bad_request("prompt must be a string or a non-empty list of strings.", "prompt")
+        for i, text in enumerate(prompts):
+            check_unicode(text, "prompt" if isinstance(self.prompt, str) else f"prompt.{i}")
         return prompts
 
     def check_supported(self) -> None:
@@ -170,7 +185,7 @@ def normalize_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
                 f"messages[{i}].role must be one of 'system', 'user', 'assistant' (or 'developer'), got {msg.role!r}.",
                 f"messages.{i}.role",
             )
-        text = msg.text(i)
+        text = check_unicode(msg.text(i), f"messages.{i}.content")
         if role == "system" and any(m["role"] != "system" for m in out):
             raise bad_request(f"messages[{i}]: a system message must come before the conversation.", f"messages.{i}.role")
         if out and out[-1]["role"] == role:
@@ -243,6 +258,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    citations: list[dict[str, Any]] | None = None  # caregpt extension, on the final chunk of a knowledge-base answer
 
 
 class TextChoice(BaseModel):

@@ -27,6 +27,8 @@ from caregpt.serve import errors
 from caregpt.serve.catalog import Catalog, ModelRef
 from caregpt.serve.config import ServeConfig
 from caregpt.serve.errors import APIError
+from caregpt.serve.events import TokenEvent
+from caregpt.serve.limits import Admission, FairShare, check_counts, check_text_size, max_token_bytes
 from caregpt.serve.protocol import ChatCompletionRequest, CompletionRequest, normalize_messages
 from caregpt.serve.sampling import SamplingParams
 
@@ -57,7 +59,7 @@ class Job:
     def payload(self) -> dict[str, Any]:
         p = self.params
         params = {"max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": list(p.stop), "ignore_eos": p.ignore_eos}
-        return {"request_id": self.request_id, "prompt_ids": self.prompt_ids, "params": params, "n": self.n}
+        return {"request_id": self.request_id, "prompt_ids": self.prompt_ids, "params": params, "n": self.n, "adapter": self.ref.adapter or ""}
 
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
@@ -83,6 +85,11 @@ class OpenAIRouter:
         from caregpt.serve.observability import RouterMetrics
 
         self.config = ServeConfig(**config)
+        if llm is None:  # colocate_router: the model lives in this replica (caregpt.serve.local_model)
+            from caregpt.serve.local_model import LocalHandle
+            from caregpt.serve.server import LLMServer
+
+            llm = LocalHandle(LLMServer.func_or_class(config))
         self.llm = llm
         self.catalog = Catalog(self.config)
         from caregpt.serve.medical import MedicalLayer
@@ -97,6 +104,8 @@ class OpenAIRouter:
         positions = getattr(hf_config.get_text_config(), "max_position_embeddings", None) or 2048
         self.max_model_len = min(self.config.max_model_len or positions, positions)
         self.metrics = RouterMetrics()
+        self.token_bytes = max_token_bytes(self.tokenizer)
+        self.admission = Admission(self.config.max_pending_requests)
         self.created = int(time.time())
         self._templates: dict[str | None, Any] = {}
 
@@ -143,11 +152,20 @@ class OpenAIRouter:
             ignore_eos=body.ignore_eos,
         )
 
-    def _check_common(self, body: ChatCompletionRequest | CompletionRequest) -> ModelRef:
+    def _check_common(self, body: ChatCompletionRequest | CompletionRequest, prompts: int) -> ModelRef:
+        """Supported fields, the per-request caps (before any prompt is rendered or tokenized), the served model."""
         body.check_supported()
-        if body.n > self.config.max_n:
-            raise errors.bad_request(f"n must be at most {self.config.max_n} on this server, got {body.n}.", "n")
+        c = self.config
+        # an answer never outgrows the context: a larger max_tokens is the context-length 400 (sampling), not this cap's
+        max_tokens = min(body.requested_max_tokens() or c.default_max_tokens, self.max_model_len)
+        check_counts(body.n, prompts, max_tokens, max_n=c.max_n, max_prompts=c.max_prompts, max_total_tokens=c.max_total_tokens)
         return self.catalog.resolve(body.model)
+
+    def fair_share(self, n: int) -> FairShare:
+        return FairShare(self.config.max_sequences_per_request, n)
+
+    def _check_size(self, texts: list[str], param: str) -> None:
+        check_text_size(sum(len(t.encode("utf-8")) for t in texts), self.max_model_len, self.token_bytes, param)
 
     async def prepare_chat(self, body: ChatCompletionRequest, request_id: str) -> Job:
         from caregpt.serve.medical import split_model_name
@@ -156,8 +174,10 @@ class OpenAIRouter:
         knowledge_base = getattr(body, "knowledge_base", None) or suffix_kb
         if suffix_kb:
             body = body.model_copy(update={"model": model})
-        ref = self._check_common(body)
-        medical = await self.medical.apply(normalize_messages(body.messages), knowledge_base)
+        ref = self._check_common(body, 1)
+        messages = normalize_messages(body.messages)
+        self._check_size([m["content"] for m in messages], "messages")  # before the guard, the template and the tokenizer
+        medical = await self.medical.apply(messages, knowledge_base)
         if medical.refuse:  # answered by the guard alone
             job = Job(ref, [], self.sampling(body, 0), body.n, request_id, time.monotonic() + self.config.request_timeout_s)
             job.prefix, job.canned = medical.prefix, True
@@ -186,9 +206,11 @@ class OpenAIRouter:
         return self._triage.recommend(text, k=k).to_dict()
 
     async def prepare_completion(self, body: CompletionRequest, request_id: str) -> list[Job]:
-        ref = self._check_common(body)
+        prompts = body.prompts()
+        ref = self._check_common(body, len(prompts))
+        self._check_size(prompts, "prompt")
         jobs = []
-        for i, prompt in enumerate(body.prompts()):
+        for i, prompt in enumerate(prompts):
             if len(prompt) > _LARGE_TEXT_CHARS:
                 ids = await asyncio.to_thread(self.tokenizer.encode, prompt)
             else:
@@ -199,7 +221,7 @@ class OpenAIRouter:
         return jobs
 
     # ---- talking to the model deployment --------------------------------------------------------
-    async def open_stream(self, job: Job) -> tuple[Any, list[dict[str, Any]]]:
+    async def open_stream(self, job: Job) -> tuple[Any, list[TokenEvent]]:
         """Start generation and wait for the first events (so failures can still be a proper HTTP error)."""
         from ray.serve.exceptions import BackPressureError
 
@@ -226,7 +248,7 @@ class OpenAIRouter:
                 raise errors.internal("The model replica ended the answer without output.") from None
         raise errors.internal()  # not reached
 
-    async def events(self, job: Job, opened: tuple[Any, list[dict[str, Any]]] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+    async def events(self, job: Job, opened: tuple[Any, list[TokenEvent]] | None = None) -> AsyncIterator[list[TokenEvent]]:
         """All event batches of a job (opened: what open_stream returned, if called already).
 
         Raises APIError on timeouts and engine failures, ReplicaDied if the replica stopped mid-answer.
@@ -254,16 +276,23 @@ class OpenAIRouter:
             try:
                 async for batch in self.events(job):
                     for ev in batch:
-                        choice = out[ev["i"]]
-                        choice["text"].append(ev["t"])
-                        choice["tokens"] = ev["n"]
-                        choice["finish"] = ev["f"] or choice["finish"]
+                        choice = out[ev.choice]
+                        choice["text"].append(ev.text)
+                        choice["tokens"] = ev.tokens
+                        choice["finish"] = ev.finish or choice["finish"]
                 return {i: {**c, "text": "".join(c["text"])} for i, c in out.items()}
             except ReplicaDied:
                 if attempt == _RETRIES_ON_REPLICA_DEATH:
                     raise errors.overloaded(2.0, "The model replica serving this request stopped") from None
                 logger.warning("model replica died during request %s; running it again (%d)", job.request_id, attempt + 1)
         raise errors.internal()  # not reached
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; with the model in this replica, its health is ours."""
+        from caregpt.serve.local_model import LocalHandle
+
+        if isinstance(self.llm, LocalHandle):  # (a deployment handle answers every attribute name, so no hasattr)
+            self.llm.check_health()
 
     async def ready(self) -> dict[str, Any]:
         try:

@@ -6,8 +6,7 @@ replicas that already hold it; ``@serve.multiplexed`` loads it on first use and 
 least recently used one beyond ``max_loaded_adapters``. The adapter name was validated by the
 router, and is checked again here against the adapter root before any file is read.
 
-``generate`` streams lists of small event dicts (``i`` choice, ``t`` text, ``n`` tokens so far,
-``f`` finish reason). Every message costs two Ray hops (here -> router -> HTTP proxy) and CPU the
+``generate`` streams lists of :class:`~caregpt.serve.events.TokenEvent`. Every message costs two Ray hops (here -> router -> HTTP proxy) and CPU the
 model needs too, so the replica keeps to a budget of ``stream_updates_per_s`` messages per
 second across all its streams: alone, a stream gets every token as it comes; with 32 streams, each
 gets an update every 32 / budget seconds carrying all the tokens made meanwhile. The first token
@@ -27,6 +26,7 @@ from ray import serve
 from caregpt.serve.catalog import Catalog
 from caregpt.serve.config import ServeConfig
 from caregpt.serve.engine import Engine, EngineError, GenerationRequest, create_engine
+from caregpt.serve.events import TokenEvent
 from caregpt.serve.sampling import SamplingParams
 
 logger = logging.getLogger("ray.serve").getChild("caregpt.server")
@@ -41,7 +41,6 @@ def _engine_options(config: ServeConfig, template_stops: tuple[str, ...]) -> dic
         "template_stops": template_stops,
         "batching": config.batching,
         "max_batch_size": config.max_batch_size,
-        "batch_wait_timeout_s": config.batch_wait_timeout_s,
         "max_model_len": config.max_model_len,
         "kv_cache_tokens": config.kv_cache_tokens,
     }
@@ -116,17 +115,19 @@ class LLMServer:
         logger.info("loaded adapter %s from %s", name, path)
         return _AdapterEngine(name, engine, self._adapter_engines)
 
-    async def _engine(self) -> Engine:
+    async def _engine(self, adapter: str | None) -> Engine:
         if self._metrics_task is None:
             self._metrics_task = asyncio.create_task(self._report_metrics())
-        adapter = serve.get_multiplexed_model_id()
+        if adapter is None:
+            adapter = serve.get_multiplexed_model_id()
         if not adapter:
             return self.base_engine
         return (await self._load_adapter(adapter)).engine
 
-    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[list[TokenEvent]]:
         """Stream the answers (n choices) for one prompt as lists of events."""
-        engine = await self._engine()
+        # the router names the adapter it validated (it is also the multiplexed id Serve routed by); never an HTTP header
+        engine = await self._engine(payload.get("adapter"))
         params = SamplingParams(**payload["params"])
         events: asyncio.Queue = asyncio.Queue()
         n = int(payload.get("n", 1))
@@ -135,10 +136,10 @@ class LLMServer:
             request = GenerationRequest(f"{payload['request_id']}-{index}", payload["prompt_ids"], params.for_choice(index))
             try:
                 async for out in engine.generate(request):
-                    events.put_nowait({"i": index, "t": out.text, "n": out.num_tokens, "f": out.finish_reason})
-            except Exception as exc:  # noqa: BLE001 - reported to the router as an event
+                    events.put_nowait(TokenEvent(index, out.text, out.num_tokens, out.finish_reason))
+            except Exception as exc:  # noqa: BLE001 - raised to the router below, from the stream
                 logger.exception("generation failed")
-                events.put_nowait({"i": index, "error": f"{type(exc).__name__}: {exc}"})
+                events.put_nowait(EngineError(f"{type(exc).__name__}: {exc}"))
 
         tasks = [asyncio.create_task(run_choice(i)) for i in range(n)]
         finished = 0
@@ -147,7 +148,7 @@ class LLMServer:
         try:
             while finished < n:
                 batch = [await events.get()]
-                if last_sent is not None and batch[0].get("f") is None:
+                if last_sent is not None and isinstance(batch[0], TokenEvent) and batch[0].finish is None:
                     # spread this replica's update budget over its streams (see the module docstring)
                     wait = self._streams / self.config.stream_updates_per_s - (time.monotonic() - last_sent)
                     if wait > 0:
@@ -155,9 +156,9 @@ class LLMServer:
                 while not events.empty():
                     batch.append(events.get_nowait())
                 for event in batch:
-                    if "error" in event:
-                        raise EngineError(event["error"])
-                    if event["f"] is not None:
+                    if isinstance(event, EngineError):
+                        raise event
+                    if event.finish is not None:
                         finished += 1
                 yield batch
                 last_sent = time.monotonic()

@@ -1,0 +1,303 @@
+"""The HTTP front: a small proxy before Ray Serve's proxy that times out slow clients.
+
+Ray Serve's HTTP proxy (uvicorn) has an idle timeout between requests but none for a request whose
+headers never finish: 20,000 connections that each send half a request line hold the proxy until
+no normal request gets through. The front listens on the public host:port, Serve's proxy on
+127.0.0.1 behind it, and for every connection it:
+
+- closes it (408) if the request line and headers have not arrived within ``header_timeout_s``
+  (a quarter of that while more than half of ``max_connections`` are waiting for headers: a flood),
+  and answers 431 for a head over ``max_header_bytes``. One sweeper task per second does this for
+  all connections, oldest first, rather than a timer per connection;
+- reads the whole body (Content-Length or chunked) within ``body_timeout_s``, 413 above
+  ``max_request_bytes`` (a cheap refusal before the body reaches Python on the router);
+- keeps at most ``max_connections`` open: at the cap, the connection that has waited longest for
+  its headers is closed (a slow client cannot keep a normal one out);
+- forwards the request with ``Connection: close`` and a Content-Length, then copies the response
+  back byte for byte (SSE streams flow through unbuffered) and closes the connection;
+- drops a client's ``x-request-id`` unless it is a short safe token (Serve logs it as the id), and
+  Serve's ``serve_multiplexed_model_id`` header (the router alone chooses adapters).
+
+It is started by ``caregpt serve`` (in-process), and as ``python -m caregpt.serve.front`` by the
+Docker image and the KubeRay sidecar. SIGTERM stops accepting, lets forwarded requests finish,
+then exits (:meth:`FrontProxy.drain`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import re
+import resource
+import signal
+import threading
+import time
+
+import h11
+
+logger = logging.getLogger("caregpt.serve.front")
+
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"content-length", b"expect"}
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+def raise_open_files_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (every held connection is a file); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+def _error(status: int, reason: str, message: str, code: str) -> bytes:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+class _Refused(Exception):
+    def __init__(self, response: bytes):
+        self.response = response
+
+
+class FrontProxy:
+    def __init__(self, upstream: tuple[str, int], *, header_timeout_s: float = 10.0, body_timeout_s: float = 30.0, response_timeout_s: float = 660.0,
+                 max_connections: int = 10000, max_request_bytes: int = 1_048_576, max_header_bytes: int = 32768):
+        self.upstream = upstream
+        self.header_timeout_s, self.body_timeout_s, self.response_timeout_s = header_timeout_s, body_timeout_s, response_timeout_s
+        self.max_connections, self.max_request_bytes, self.max_header_bytes = max_connections, max_request_bytes, max_header_bytes
+        self._ids = itertools.count()
+        self._open: dict[int, asyncio.StreamWriter] = {}
+        # connections still sending their request head, oldest first: id -> (writer, accepted at)
+        self._awaiting_head: collections.OrderedDict[int, tuple[asyncio.StreamWriter, float]] = collections.OrderedDict()
+        self.forwarding = 0  # requests sent upstream whose response has not ended
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Future | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (0: a free port); returns the port."""
+        raise_open_files_limit()
+        self._server = await asyncio.start_server(self._serve, host, port, backlog=4096, limit=65536)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+        return self._server.sockets[0].getsockname()[1]
+
+    def head_timeout_s(self) -> float:
+        flood = len(self._awaiting_head) > self.max_connections // 2
+        return self.header_timeout_s / 4 if flood else self.header_timeout_s
+
+    async def _sweep(self) -> None:
+        """Close connections whose head is late (408), oldest first; the rest are younger, so the scan stops early."""
+        late = _error(408, "Request Timeout", "The request headers did not arrive in time.", "request_timeout")
+        while True:
+            await asyncio.sleep(min(1.0, self.header_timeout_s / 4))
+            cutoff = time.monotonic() - self.head_timeout_s()
+            while self._awaiting_head:
+                cid, (writer, accepted) = next(iter(self._awaiting_head.items()))
+                if accepted > cutoff:
+                    break
+                del self._awaiting_head[cid]
+                writer.write(late)
+                writer.transport.abort() if writer.transport.get_write_buffer_size() else writer.close()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cid = next(self._ids)
+        self._open[cid] = writer
+        self._awaiting_head[cid] = (writer, time.monotonic())
+        try:
+            if len(self._open) > self.max_connections:  # at the cap: the oldest connection still without headers goes
+                if len(self._awaiting_head) <= 1:  # only this one: every other connection is a request in progress
+                    raise _Refused(_error(503, "Service Unavailable", f"The server holds {self.max_connections} connections (max_connections); retry shortly.", "too_many_connections"))
+                _, (victim, _) = self._awaiting_head.popitem(last=False)
+                victim.transport.abort()
+            request, body = await self._read_request(reader, writer, cid)
+            self._awaiting_head.pop(cid, None)
+            await self._forward(request, body, reader, writer)
+        except _Refused as refused:
+            writer.write(refused.response)
+        except (ConnectionError, asyncio.IncompleteReadError, h11.RemoteProtocolError, OSError):
+            pass
+        finally:
+            self._awaiting_head.pop(cid, None)
+            self._open.pop(cid, None)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cid: int) -> tuple[h11.Request, bytes]:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        request = None
+        body = bytearray()
+        body_by = None
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:
+                    raise _Refused(_error(431, "Request Header Fields Too Large", f"The request head is over {self.max_header_bytes} bytes.", "headers_too_large")) from None
+                raise _Refused(_error(400, "Bad Request", "The request is not valid HTTP/1.1.", "invalid_http")) from None
+            if event is h11.NEED_DATA:
+                if request is None:  # the sweeper closes this connection if its head is late
+                    data = await reader.read(65536)
+                else:
+                    try:
+                        data = await asyncio.wait_for(reader.read(65536), max(body_by - time.monotonic(), 0.001))
+                    except TimeoutError:
+                        raise _Refused(_error(408, "Request Timeout", "The request body did not arrive in time.", "request_timeout")) from None
+                conn.receive_data(data)
+                if not data and request is None:
+                    raise ConnectionError("closed before the headers")
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+                self._awaiting_head.pop(cid, None)
+                body_by = time.monotonic() + self.body_timeout_s
+                declared = dict(event.headers).get(b"content-length")
+                if declared is not None and int(declared) > self.max_request_bytes:
+                    raise _Refused(_too_large(self.max_request_bytes))
+                if conn.they_are_waiting_for_100_continue:
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_request_bytes:
+                    raise _Refused(_too_large(self.max_request_bytes))
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return request, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("closed mid-request")
+
+    def _upstream_head(self, request: h11.Request, body: bytes, peer: str) -> bytes:
+        lines = [request.method + b" " + request.target + b" HTTP/1.1"]
+        for name, value in request.headers:
+            if name in _HOP_BY_HOP or (name == b"x-request-id" and not _SAFE_ID.fullmatch(value)) or name.replace(b"-", b"_") == b"serve_multiplexed_model_id":
+                continue
+            lines.append(name + b": " + value)
+        lines += [b"content-length: " + str(len(body)).encode(), b"connection: close", b"x-forwarded-for: " + peer.encode()]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def _forward(self, request: h11.Request, body: bytes, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        peer = (client.get_extra_info("peername") or ("unknown",))[0]
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 10)
+        except (OSError, TimeoutError):
+            raise _Refused(_error(503, "Service Unavailable", "The API server is not reachable; retry shortly.", "upstream_unavailable")) from None
+        self.forwarding += 1
+        # a client that hangs up ends the upstream request too (the router then cancels the generation)
+        gone = asyncio.ensure_future(client_reader.read(1))
+        try:
+            up_writer.write(self._upstream_head(request, body, str(peer)) + body)
+            while True:
+                read = asyncio.ensure_future(up_reader.read(65536))
+                done, _ = await asyncio.wait({read, gone}, timeout=self.response_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+                if gone in done and read not in done and gone.result():
+                    gone = asyncio.get_running_loop().create_future()  # pipelined bytes, not a hang-up: ignored
+                    done, _ = await asyncio.wait({read}, timeout=self.response_timeout_s)
+                if read not in done:
+                    read.cancel()
+                    return
+                data = read.result()
+                if not data:
+                    return
+                client.write(data)
+                await client.drain()
+        finally:
+            self.forwarding -= 1
+            gone.cancel()
+            up_writer.transport.abort()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting, close connections still sending headers, wait for forwarded requests; True if all finished."""
+        if self._server is not None:
+            self._server.close()
+        for writer, _ in list(self._awaiting_head.values()):
+            writer.transport.abort()
+        deadline = time.monotonic() + timeout_s
+        while self.forwarding and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        return self.forwarding == 0
+
+
+def _too_large(limit: int) -> bytes:
+    return _error(413, "Payload Too Large", f"The request body is larger than {limit} bytes (max_request_bytes); shorten the messages.", "request_too_large")
+
+
+def options_from_config(config) -> dict:
+    """FrontProxy keyword arguments from a ServeConfig."""
+    return {"header_timeout_s": config.header_timeout_s, "body_timeout_s": config.body_timeout_s, "response_timeout_s": config.request_timeout_s + 60,
+            "max_connections": config.max_connections, "max_request_bytes": config.max_request_bytes}
+
+
+class FrontThread:
+    """A FrontProxy on its own event loop thread (how `caregpt serve` runs it beside the Ray driver)."""
+
+    def __init__(self, proxy: FrontProxy, host: str, port: int):
+        self.proxy = proxy
+        try:
+            import uvloop
+
+            self._loop = uvloop.new_event_loop()
+        except ImportError:
+            self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="caregpt-front", daemon=True)
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(proxy.start(host, port), self._loop).result(timeout=30)
+
+    def drain(self, timeout_s: float) -> bool:
+        finished = asyncio.run_coroutine_threadsafe(self.proxy.drain(timeout_s), self._loop).result(timeout=timeout_s + 5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        return finished
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m caregpt.serve.front", description="caregpt's HTTP front proxy: header/body timeouts and a connection cap before Ray Serve's proxy.")
+    parser.add_argument("--listen", required=True, help="HOST:PORT clients connect to (e.g. 0.0.0.0:8000)")
+    parser.add_argument("--upstream", required=True, help="HOST:PORT of Ray Serve's HTTP proxy (e.g. 127.0.0.1:8001)")
+    parser.add_argument("--header-timeout-s", type=float, default=10.0, help="close connections whose headers are not complete after this long (default 10)")
+    parser.add_argument("--body-timeout-s", type=float, default=30.0, help="408 when the body has not arrived this long after the headers (default 30)")
+    parser.add_argument("--response-timeout-s", type=float, default=660.0, help="give up on an upstream response silent this long (default 660)")
+    parser.add_argument("--max-connections", type=int, default=10000, help="open client connections; at the cap the oldest one without headers is closed (default 10000)")
+    parser.add_argument("--max-request-bytes", type=int, default=1_048_576, help="413 above this body size (default 1 MiB)")
+    parser.add_argument("--drain-timeout-s", type=float, default=25.0, help="on SIGTERM, how long forwarded requests may finish (default 25)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    proxy = FrontProxy(_address(args.upstream), header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s, response_timeout_s=args.response_timeout_s,
+                       max_connections=args.max_connections, max_request_bytes=args.max_request_bytes)
+
+    async def run() -> None:
+        host, port = _address(args.listen)
+        bound = await proxy.start(host, port)
+        print(f"caregpt front listening on {host}:{bound} -> {args.upstream}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("caregpt front draining...", flush=True)
+        await proxy.drain(args.drain_timeout_s)
+
+    try:  # uvloop (a Ray dependency) accepts and closes connections several times faster
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
