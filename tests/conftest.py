@@ -1,4 +1,4 @@
-"""Shared fixtures: a real local Ray, a tiny model built from the shared data, paths to data.
+"""Shared fixtures: a real local Ray, a tiny model built from the test data, paths to data.
 
 Nothing is mocked: tests run the real pipeline on a real Ray and a real (tiny) Llama model.
 """
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Small trimmed samples of public data committed with the tests (sources and licences: tests/data/SOURCES.md),
+# so a bare clone runs the suite; the larger data in ../shared/data is for benchmarks and examples only.
+TEST_DATA = REPO / "tests" / "data"
+TEST_REGISTRY = TEST_DATA / "dataset_info.json"
+FULL_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DATA = REPO / "platform" / "caregpt" / "resources" / "sample_data"
-SHARED_REGISTRY = REPO / "examples" / "registries" / "shared_data.json"
 
 os.environ.setdefault("CAREGPT_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,19 +24,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared data folder is missing: {SHARED_DATA} (tests expect ../shared/data beside the repo)")
-    return SHARED_DATA
+def test_data() -> Path:
+    """tests/data: the trimmed public samples (Toyhom, CMtMedQA, MedicalGPT, hospital guides) and our own exam."""
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, shared_data) -> str:
-    """A tiny Llama model + tokenizer trained on the shared pretraining text and SFT data."""
+def full_data() -> Path:
+    """../shared/data, for the few quality evaluations whose frozen test split needs a whole public file (too large
+    to commit); skipped, with the reason, in a clone without it."""
+    if not FULL_DATA.is_dir():
+        pytest.skip(f"needs the full public data beside the repository ({FULL_DATA}); tests/data holds only samples")
+    return FULL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, test_data) -> str:
+    """A tiny Llama model + tokenizer trained on the sample pretraining text and SFT data."""
     from caregpt.models.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("models") / "tiny"
-    corpus = [shared_data / "pretrain_medicalgpt_fever.txt", shared_data / "sft_toyhom_im_department.jsonl"]
+    corpus = [test_data / "pretrain_medicalgpt_fever.txt", test_data / "sft_toyhom_im_department.jsonl"]
     return str(build_tiny_model("tiny", corpus, out, seed=0))
 
 

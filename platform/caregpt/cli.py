@@ -208,8 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"caregpt {verb}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001
+        from caregpt._extras import MissingExtra
         from caregpt.data.check import InvalidDataError
 
+        if isinstance(exc, MissingExtra):  # an optional extra is not installed: say what to install
+            print(f"caregpt {verb}: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, InvalidDataError):
             print(f"caregpt {verb}: error: {exc}", file=sys.stderr)
             return 2

@@ -1,4 +1,4 @@
-"""`caregpt eval` end to end: exam accuracy on the shared CMMLU medical file with the tiny model (checked by an
+"""`caregpt eval` end to end: exam accuracy on the sample exam (tests/data) with the tiny model (checked by an
 independent scorer), generation metrics from a predictions file, reports, comparison and bad input."""
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _independent_score(data_file: Path, predictions_file: Path, per_subject: int
     return dict(tally), [r["id"] for r in rows], [r["id"] for r in chosen]
 
 
-def test_choice_likelihood_is_reported_per_subject_and_agrees_with_an_independent_scorer(tiny_model, shared_data, tmp_path, capsys):
-    data = shared_data / "mcq_cmmlu_medical_test.jsonl"
+def test_choice_likelihood_is_reported_per_subject_and_agrees_with_an_independent_scorer(tiny_model, test_data, tmp_path, capsys):
+    data = test_data / "mcq_medical_exam.jsonl"
     out = tmp_path / "cmmlu"
     assert main(["--task", "choice", "--data", str(data), "--model_name_or_path", tiny_model,
                  "--max_per_subject", str(PER_SUBJECT), "--batch_size", "6", "--output_dir", str(out)]) == 0
@@ -73,8 +73,8 @@ def test_choice_likelihood_is_reported_per_subject_and_agrees_with_an_independen
     assert "accuracy" in capsys.readouterr().out
 
 
-def test_choice_generate_lists_unparsed_ids_and_k_shot_from_a_dev_file(tiny_model, shared_data, tmp_path):
-    data = shared_data / "mcq_cmmlu_medical_test.jsonl"
+def test_choice_generate_lists_unparsed_ids_and_k_shot_from_a_dev_file(tiny_model, test_data, tmp_path):
+    data = test_data / "mcq_medical_exam.jsonl"
     dev = tmp_path / "dev.jsonl"
     dev.write_text("\n".join(json.dumps({**r, "id": "dev-" + r["id"]}, ensure_ascii=False)
                              for r in _jsonl(data)[-3:]) + "\n", encoding="utf-8")
@@ -91,11 +91,11 @@ def test_choice_generate_lists_unparsed_ids_and_k_shot_from_a_dev_file(tiny_mode
     assert report["counts"]["correct"] == sum(c for c, _ in tally.values())
 
 
-def test_batch_size_does_not_change_the_answers(tiny_model, shared_data):
+def test_batch_size_does_not_change_the_answers(tiny_model, test_data):
     from caregpt.eval.choice import ChoiceSettings, load_eval_model, score_items
     from caregpt.eval.choice_data import load_items, subset
 
-    items = load_items(shared_data / "mcq_cmmlu_medical_test.jsonl")
+    items = load_items(test_data / "mcq_medical_exam.jsonl")
     picked = subset(items, max_per_subject=1)
     model, tokenizer, template = load_eval_model(tiny_model, template="chatml")
     one = score_items(model, tokenizer, template, picked, items, ChoiceSettings(batch_size=1, n_shot=1))
@@ -124,8 +124,8 @@ def _adapter(base_dir: str, out: Path, hidden: int | None = None) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft vs transformers 5.2x
-def test_adapter_changes_the_scores_and_a_foreign_adapter_is_refused(tiny_model, shared_data, tmp_path):
-    data = str(shared_data / "mcq_cmmlu_medical_test.jsonl")
+def test_adapter_changes_the_scores_and_a_foreign_adapter_is_refused(tiny_model, test_data, tmp_path):
+    data = str(test_data / "mcq_medical_exam.jsonl")
     common = ["--task", "choice", "--data", data, "--model_name_or_path", tiny_model, "--max_samples", "3"]
     assert main([*common, "--output_dir", str(tmp_path / "base")]) == 0
     adapter = _adapter(tiny_model, tmp_path / "lora")

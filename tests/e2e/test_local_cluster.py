@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TEST_REGISTRY
+
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,7 +282,7 @@ def test_local_two_node_cluster(cluster_env):
           + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
 
 
-def test_ray_job_submit_trains_on_the_cluster(cluster_env, tiny_model, shared_data, tmp_path):
+def test_ray_job_submit_trains_on_the_cluster(cluster_env, tiny_model, test_data, tmp_path):
     """`ray job submit` of jobs/train.py against a real `ray start --head` finishes with SUCCEEDED."""
     import yaml
 
@@ -292,8 +294,8 @@ def test_ray_job_submit_trains_on_the_cluster(cluster_env, tiny_model, shared_da
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
-        "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(shared_data),
-        "dataset_info": str(REPO / "examples" / "registries" / "shared_data.json"), "template": "chatml",
+        "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(test_data),
+        "dataset_info": str(TEST_REGISTRY), "template": "chatml",
         "cutoff_len": 128, "max_samples": 32, "finetuning_type": "lora", "lora_target": "all",
         "per_device_train_batch_size": 4, "max_steps": 3, "logging_steps": 1, "save_steps": 100,
         "output_dir": str(out), "tokenized_path": str(tmp_path / "tok"),

@@ -23,8 +23,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "CAREGPT_PROGRESS": "0", "CAREGPT_DASHBOARD": "0"}
 
 
-def _pipeline(tmp_path: Path, shared_data: Path, steps: list[dict] | None = None) -> Path:
-    corpus = [str(shared_data / "pretrain_medicalgpt_fever.txt"), str(SAMPLE_DATA / "medical_sft.jsonl")]
+def _pipeline(tmp_path: Path, test_data: Path, steps: list[dict] | None = None) -> Path:
+    corpus = [str(test_data / "pretrain_medicalgpt_fever.txt"), str(SAMPLE_DATA / "medical_sft.jsonl")]
     spec = {
         "name": "mini",
         "run_dir": str(tmp_path / "run"),
@@ -53,8 +53,8 @@ def _checkpoints(storage: Path) -> int:
     return 0
 
 
-def test_killed_mid_sft_resumes_at_sft(shared_data, tmp_path):
-    path = _pipeline(tmp_path, shared_data)
+def test_killed_mid_sft_resumes_at_sft(test_data, tmp_path):
+    path = _pipeline(tmp_path, test_data)
     run = tmp_path / "run"
     driver = subprocess.Popen([CAREGPT, "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=_env(), start_new_session=True)
@@ -71,6 +71,12 @@ def test_killed_mid_sft_resumes_at_sft(shared_data, tmp_path):
     again = subprocess.run([CAREGPT, "run", str(path)], capture_output=True, text=True, timeout=900, env=_env())
     assert again.returncode == 0, again.stderr[-3000:]
     assert "model (new-model): finished earlier, skipped" in again.stdout
+    # the terminal gets the pipeline's own lines; Ray's logs go to the file named at the end
+    for noise in ("TrainingReport", "logging_progress", "core_worker.cc", "Started a local Ray instance"):
+        assert noise not in again.stdout + again.stderr, noise
+    log_file = Path(again.stdout.rsplit("Ray and library logs of this run: ", 1)[1].split()[0])
+    assert log_file.parent == run / "logs" and "Reporting training result" in log_file.read_text(errors="replace")
+    assert len(again.stdout.splitlines()) <= 40, again.stdout
     assert (run / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime  # not rebuilt
     sft = json.loads((run / "sft" / "all_results.json").read_text())
     assert sft["step"] == 14 and sft["resumed_from_step"] >= 3  # continued from the killed run's checkpoint
@@ -97,10 +103,10 @@ def test_killed_mid_sft_resumes_at_sft(shared_data, tmp_path):
     ([{"name": "m", "uses": "new-model"}, {"name": "s", "uses": "sft", "from": "m", "with": {"lora_rnak": 8}}],
      r"step 2 \('s', uses sft\): unknown config key 'lora_rnak'.*did you mean 'lora_rank'"),
 ])
-def test_bad_pipelines_fail_before_anything_runs(shared_data, tmp_path, steps, message):
+def test_bad_pipelines_fail_before_anything_runs(test_data, tmp_path, steps, message):
     import re
 
-    path = _pipeline(tmp_path, shared_data, steps)
+    path = _pipeline(tmp_path, test_data, steps)
     done = subprocess.run([CAREGPT, "run", str(path)], capture_output=True, text=True, timeout=120, env=_env())
     assert done.returncode == 2, done.stderr[-2000:]
     assert re.search(message, done.stderr), done.stderr[-2000:]

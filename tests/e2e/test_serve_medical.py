@@ -13,19 +13,19 @@ APP, PREFIX, KEY = "medical_api", "/med", "sk-medical-test"
 
 
 @pytest.fixture(scope="module")
-def medical_app(serve_http, tiny_model, shared_data, tmp_path_factory):  # noqa: F811
+def medical_app(serve_http, tiny_model, test_data, tmp_path_factory):  # noqa: F811
     from ray import serve
 
     from caregpt.kb.ingest import ingest
 
     kb_dir = tmp_path_factory.mktemp("kb") / "hospital"
-    report = ingest(kb_dir, [shared_data / "hospital_guide_departments.json"])
+    report = ingest(kb_dir, [test_data / "hospital_guide_departments.json"])
     assert not report.failed if hasattr(report, "failed") else True
     settings = {
         "model_name_or_path": tiny_model, "served_model_name": "tiny-medical", "api_keys": [KEY],
         "default_max_tokens": 16, "max_model_len": 1024, "num_cpus": 0.5, "router_num_cpus": 0.1,
         "knowledge_bases": {"hospital": str(kb_dir)}, "rag_top_k": 3, "retriever_num_cpus": 0.1,
-        "triage_guides": str(shared_data / "hospital_guide_departments.json"),
+        "triage_guides": str(test_data / "hospital_guide_departments.json"),
     }
     deploy(APP, PREFIX, settings)
     yield f"{serve_http}{PREFIX}"

@@ -24,14 +24,14 @@ SEED_SFT = """--stage sft --model_name_or_path {model} --do_train --dataset mm,h
     --plot_loss --fp16 --max_samples 16 --cutoff_len 128"""
 
 
-def _registry(tmp_path: Path, shared_data: Path) -> Path:
-    """CareGPT's registry names (mm = multi-turn medical, hm = huatuo-style QA) mapped onto the shared data."""
+def _registry(tmp_path: Path, test_data: Path) -> Path:
+    """CareGPT's registry names (mm = multi-turn medical, hm = huatuo-style QA) mapped onto the test data."""
     root = tmp_path / "data"
     root.mkdir()
     columns = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
     (root / "dataset_info.json").write_text(json.dumps({
-        "mm": {"file_name": str(shared_data / "sft_cmtmedqa_multiturn.jsonl"), "columns": columns},
-        "hm": {"file_name": str(shared_data / "sft_toyhom_im_department.jsonl"), "columns": {**columns, "history": ""}},
+        "mm": {"file_name": str(test_data / "sft_cmtmedqa_multiturn.jsonl"), "columns": columns},
+        "hm": {"file_name": str(test_data / "sft_toyhom_im_department.jsonl"), "columns": {**columns, "history": ""}},
     }))
     return root
 
@@ -40,9 +40,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "CAREGPT_PROGRESS": "0"}
 
 
-def test_seed_qlora_multi_dataset_command_runs(tiny_model, shared_data, tmp_path):
+def test_seed_qlora_multi_dataset_command_runs(tiny_model, test_data, tmp_path):
     out = tmp_path / "sft"
-    argv = shlex.split(SEED_SFT.format(model=tiny_model, data=_registry(tmp_path, shared_data), out=out))
+    argv = shlex.split(SEED_SFT.format(model=tiny_model, data=_registry(tmp_path, test_data), out=out))
     done = subprocess.run([CAREGPT, "train", *argv], capture_output=True, text=True, timeout=600, env=_env())
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
@@ -62,9 +62,9 @@ def _registered(storage: Path) -> int:
     return 0
 
 
-def test_rerun_after_the_driver_died_resumes(tiny_model, shared_data, tmp_path):
+def test_rerun_after_the_driver_died_resumes(tiny_model, test_data, tmp_path):
     out = tmp_path / "run"
-    argv = [CAREGPT, "train", "--model_name_or_path", tiny_model, "--dataset", str(shared_data / "sft_toyhom_im_department.jsonl"),
+    argv = [CAREGPT, "train", "--model_name_or_path", tiny_model, "--dataset", str(test_data / "sft_toyhom_im_department.jsonl"),
             "--template", "chatml", "--cutoff_len", "256", "--finetuning_type", "full", "--max_samples", "160",
             "--per_device_train_batch_size", "8", "--max_steps", "16", "--save_steps", "4", "--logging_steps", "1",
             "--learning_rate", "1e-3", "--output_dir", str(out)]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import TEST_REGISTRY
 from tests.e2e.cluster_helpers import (REPO, START, START_WORKER, STATUS, STOP, client_env, local_cluster,
                                        node_names, port_open, run, show, state_list)
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 CAREGPT = str(Path(sys.executable).parent / "caregpt")
 
 
-def test_spread_training_runs_on_two_worker_nodes(tiny_model, shared_data, tmp_path):
+def test_spread_training_runs_on_two_worker_nodes(tiny_model, test_data, tmp_path):
     timings = {}
     t0 = time.monotonic()
     with local_cluster(CAREGPT_RAY_NUM_CPUS="0", CAREGPT_RAY_WORKER_NUM_CPUS="2") as info:
@@ -55,8 +56,8 @@ def test_spread_training_runs_on_two_worker_nodes(tiny_model, shared_data, tmp_p
         out = tmp_path / "out"
         config = tmp_path / "spread.yaml"
         config.write_text(yaml.safe_dump({
-            "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(shared_data),
-            "dataset_info": str(REPO / "examples" / "registries" / "shared_data.json"), "template": "chatml",
+            "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(test_data),
+            "dataset_info": str(TEST_REGISTRY), "template": "chatml",
             "cutoff_len": 128, "max_samples": 32, "finetuning_type": "lora", "lora_target": "all",
             "per_device_train_batch_size": 4, "max_steps": 2, "logging_steps": 1, "save_steps": 100,
             "output_dir": str(out), "tokenized_path": str(tmp_path / "tok"),

@@ -17,13 +17,13 @@ from tests.conftest import SAMPLE_DATA
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _pairs_registry(tmp_path: Path, shared_data: Path) -> Path:
-    """Our sample preference pairs plus the shared MedicalGPT pairs, in one registry."""
+def _pairs_registry(tmp_path: Path, test_data: Path) -> Path:
+    """Our sample preference pairs plus the MedicalGPT pairs of tests/data, in one registry."""
     root = tmp_path / "pref"
     root.mkdir(exist_ok=True)
     (root / "dataset_info.json").write_text(json.dumps({
         "ours": {"file_name": str(SAMPLE_DATA / "medical_pref.jsonl"), "ranking": True},
-        "medicalgpt": {"file_name": str(shared_data / "pref_medicalgpt_medical_reward.jsonl"), "ranking": True},
+        "medicalgpt": {"file_name": str(test_data / "pref_medicalgpt_medical_reward.jsonl"), "ranking": True},
         "sft": {"file_name": str(SAMPLE_DATA / "medical_sft.jsonl")},
     }))
     return root
@@ -43,8 +43,8 @@ def _log(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
 
 
-def test_reward_model_learns_the_preferences(ray_local, tiny_model, shared_data, tmp_path):
-    registry = _pairs_registry(tmp_path, shared_data)
+def test_reward_model_learns_the_preferences(ray_local, tiny_model, test_data, tmp_path):
+    registry = _pairs_registry(tmp_path, test_data)
     outcome = run_training(_config(tmp_path, tiny_model, registry, stage="rm", finetuning_type="lora", lora_target="all", learning_rate=3e-3, max_steps=40))
     metrics = outcome.metrics
     assert metrics["records_used"] == 150
@@ -58,8 +58,8 @@ def test_reward_model_learns_the_preferences(ray_local, tiny_model, shared_data,
     assert model.config.num_labels == 1 and model.config.architectures[0].endswith("ForSequenceClassification")
 
 
-def test_seed_dpo_command_after_sft(ray_local, tiny_model, shared_data, tmp_path):
-    registry = _pairs_registry(tmp_path, shared_data)
+def test_seed_dpo_command_after_sft(ray_local, tiny_model, test_data, tmp_path):
+    registry = _pairs_registry(tmp_path, test_data)
     sft = run_training(_config(tmp_path / "sft", tiny_model, registry, stage="sft", dataset="sft", finetuning_type="lora", lora_target="q_proj,v_proj", learning_rate=3e-3, max_steps=6))
     # CareGPT's DPO command: --checkpoint_dir the SFT adapter, --resume_lora_training False
     argv = shlex.split(f"""--stage dpo --model_name_or_path {tiny_model} --do_train --dataset ours,medicalgpt --dataset_dir {registry}
@@ -70,7 +70,11 @@ def test_seed_dpo_command_after_sft(ray_local, tiny_model, shared_data, tmp_path
     done = subprocess.run([str(Path(sys.executable).parent / "caregpt"), "train", *argv], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     log = [e for e in _log(tmp_path / "dpo") if "rewards_margin" in e]
-    assert log[-1]["rewards_margin"] > log[0]["rewards_margin"] + 0.1, log
+    # batches differ a lot (our sample pairs are easy, MedicalGPT's are hard: logged margins swing 0.03 <-> 1.0),
+    # so one logged step says little: the later half of the run must separate the pairs clearly better
+    margins = [e["rewards_margin"] for e in log]
+    half = len(margins) // 2
+    assert sum(margins[half:]) / (len(margins) - half) > sum(margins[:half]) / half + 0.1, margins
     assert log[0]["loss"] < 0.8  # a mean per pair (about log 2 at the start), not a sum over accumulation steps
     results = json.loads((tmp_path / "dpo" / "all_results.json").read_text())
     assert results["train_pairs_rewards_accuracy"] > 0.6
@@ -88,7 +92,7 @@ def test_seed_dpo_command_after_sft(ray_local, tiny_model, shared_data, tmp_path
 
 
 @pytest.mark.parametrize("stage", ["rm", "dpo"])
-def test_instruction_data_is_refused_for_pairwise_stages(tiny_model, shared_data, tmp_path, stage):
-    registry = _pairs_registry(tmp_path, shared_data)
+def test_instruction_data_is_refused_for_pairwise_stages(tiny_model, test_data, tmp_path, stage):
+    registry = _pairs_registry(tmp_path, test_data)
     with pytest.raises(ConfigError, match=rf"stage '{stage}' needs preference pairs"):
         run_training(_config(tmp_path, tiny_model, registry, stage=stage, dataset="sft"))

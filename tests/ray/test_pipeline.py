@@ -1,4 +1,4 @@
-"""The Ray Data pipeline on a real local Ray with the tiny model's tokenizer and the shared data."""
+"""The Ray Data pipeline on a real local Ray with the tiny model's tokenizer and the test data."""
 
 from __future__ import annotations
 
@@ -23,18 +23,18 @@ def _config(registry_dir, **values):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, shared_data):
-    """A dataset_info.json pointing at the shared files (by absolute path) plus a small broken file."""
+def registry(tmp_path_factory, test_data):
+    """A dataset_info.json pointing at the test files (by absolute path) plus a small broken file."""
     root = tmp_path_factory.mktemp("registry")
-    lines = (shared_data / "sft_cmtmedqa_multiturn.jsonl").read_text(encoding="utf-8").splitlines()[:120]
+    lines = (test_data / "sft_cmtmedqa_multiturn.jsonl").read_text(encoding="utf-8").splitlines()[:120]
     lines[10] = '{"instruction": "", "output": "x"}'
     lines[20] = "{not json"
     (root / "cmt_broken.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     entries = {
-        "cmt": {"file_name": str(shared_data / "sft_cmtmedqa_multiturn.jsonl")},
-        "toyhom": {"file_name": str(shared_data / "sft_toyhom_im_department.jsonl")},
-        "fever": {"file_name": str(shared_data / "pretrain_medicalgpt_fever.txt")},
-        "pref": {"file_name": str(shared_data / "pref_medicalgpt_medical_reward.jsonl"), "ranking": True},
+        "cmt": {"file_name": str(test_data / "sft_cmtmedqa_multiturn.jsonl")},
+        "toyhom": {"file_name": str(test_data / "sft_toyhom_im_department.jsonl")},
+        "fever": {"file_name": str(test_data / "pretrain_medicalgpt_fever.txt")},
+        "pref": {"file_name": str(test_data / "pref_medicalgpt_medical_reward.jsonl"), "ranking": True},
         "broken": {"file_name": "cmt_broken.jsonl"},
         "hub": {"hf_hub_url": "nobody/no-such-dataset"},
     }
@@ -47,15 +47,15 @@ def _rows_by_loc(ds):
 
 
 def test_sft_tokens_equal_a_direct_tokenizer_call(ray_local, registry, tiny_model):
-    config = _config(registry, dataset="cmt", template="chatml", cutoff_len=256, max_samples=200)
+    config = _config(registry, dataset="cmt", template="chatml", cutoff_len=256, max_samples=120)
     ds, plan = build_token_dataset(config, tiny_model)
     rows = _rows_by_loc(ds)
-    assert len(rows) == 200
+    assert len(rows) == 120
     tokenizer = load_tokenizer(tiny_model)
     template = get_template("chatml", tokenizer)
     (attr,) = plan.attrs
     multi_turn = 0
-    for raw in list(iter_file_records(attr.path))[:200]:
+    for raw in list(iter_file_records(attr.path))[:120]:
         record = normalize(raw.value, raw.loc, attr, "sft")
         expected = template.encode(tokenizer, record.messages, cutoff_len=256)
         got = rows[raw.loc]
@@ -66,7 +66,7 @@ def test_sft_tokens_equal_a_direct_tokenizer_call(ray_local, registry, tiny_mode
     assert multi_turn > 50  # the check really covered multi-turn label masking
 
 
-def test_pretraining_text_is_split_not_truncated(ray_local, registry, tiny_model, shared_data):
+def test_pretraining_text_is_split_not_truncated(ray_local, registry, tiny_model, test_data):
     config = _config(registry, dataset="fever", stage="pt", cutoff_len=64, max_samples=50)
     ds, _ = build_token_dataset(config, tiny_model)
     tokenizer = load_tokenizer(tiny_model)
@@ -74,16 +74,16 @@ def test_pretraining_text_is_split_not_truncated(ray_local, registry, tiny_model
     for row in sorted(ds.iter_rows(), key=lambda r: r["loc"]):
         assert len(row["input_ids"]) <= 64 and list(row["labels"]) == list(row["input_ids"])
         by_doc.setdefault(row["loc"], []).extend(row["input_ids"])
-    docs = [line for line in (shared_data / "pretrain_medicalgpt_fever.txt").read_text(encoding="utf-8").splitlines() if line.strip()][:50]
+    docs = [line for line in (test_data / "pretrain_medicalgpt_fever.txt").read_text(encoding="utf-8").splitlines() if line.strip()][:50]
     assert len(by_doc) == 50
     for loc, ids in by_doc.items():
         line_no = int(loc.rsplit(":", 1)[1])
-        text = (shared_data / "pretrain_medicalgpt_fever.txt").read_text(encoding="utf-8").splitlines()[line_no - 1]
+        text = (test_data / "pretrain_medicalgpt_fever.txt").read_text(encoding="utf-8").splitlines()[line_no - 1]
         expected = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         # a chunk holding only the final eos predicts nothing and is left out; every other token stays
         dropped = 1 if len(expected) % 64 == 1 and len(expected) > 64 else 0
         assert ids == expected[: len(expected) - dropped]
-    assert docs  # the shared corpus is not empty
+    assert docs  # the sample corpus is not empty
 
 
 def test_packing_through_ray_preserves_every_token(ray_local, registry, tiny_model):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from caregpt.config.loader import ConfigError, config_to_json, load_config
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def _config(model: str, tmp_path: Path, **overrides):
     values = {
         "model_name_or_path": model,
         "stage": "ppo",
-        "dataset": str(SHARED_DATA / "sft_toyhom_im_department.jsonl"),
+        "dataset": str(TEST_DATA / "sft_toyhom_im_department.jsonl"),
         "template": "chatml",
         "cutoff_len": 128,
         "max_samples": 64,
@@ -56,7 +56,7 @@ def _config(model: str, tmp_path: Path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def ppo_data(ray_local, tiny_model, shared_data, tmp_path_factory) -> str:
+def ppo_data(ray_local, tiny_model, test_data, tmp_path_factory) -> str:
     from caregpt.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("ppo-data")

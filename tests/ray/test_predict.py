@@ -19,12 +19,12 @@ MAX_SAMPLES = 13
 
 
 @pytest.fixture(scope="module")
-def eval_data(shared_data, tmp_path_factory) -> Path:
+def eval_data(test_data, tmp_path_factory) -> Path:
     """10 single-turn records, one without an answer (line 11), then 3 multi-turn ones, registered by name."""
     root = tmp_path_factory.mktemp("eval_data")
-    lines = (shared_data / TOYHOM).read_text(encoding="utf-8").splitlines()[:10]
+    lines = (test_data / TOYHOM).read_text(encoding="utf-8").splitlines()[:10]
     lines.append(json.dumps({"instruction": "头痛怎么办", "input": "", "history": [], "id": "no-answer"}, ensure_ascii=False))
-    lines += (shared_data / MULTITURN).read_text(encoding="utf-8").splitlines()[:3]
+    lines += [line for line in (test_data / MULTITURN).read_text(encoding="utf-8").splitlines() if json.loads(line)["history"]][:3]
     (root / "eval.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     columns = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
     (root / "dataset_info.json").write_text(json.dumps({"medeval": {"file_name": "eval.jsonl", "columns": columns}}))

@@ -1,4 +1,4 @@
-"""Training on a real local Ray Train with the tiny model and the shared data."""
+"""Training on a real local Ray Train with the tiny model and the test data."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ import pytest
 
 from caregpt.config.loader import ConfigError, load_config
 from caregpt.train.launch import run_training
-from tests.conftest import SHARED_REGISTRY
+from tests.conftest import TEST_REGISTRY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _config(tmp_path, model, shared_data, **overrides):
+def _config(tmp_path, model, test_data, **overrides):
     values = {
         "model_name_or_path": model,
         "dataset": "toyhom_sft",
-        "dataset_dir": str(shared_data),
-        "dataset_info": str(SHARED_REGISTRY),
+        "dataset_dir": str(test_data),
+        "dataset_info": str(TEST_REGISTRY),
         "template": "chatml",
         "cutoff_len": 128,
         "max_samples": 96,
@@ -48,8 +48,8 @@ def _losses(output_dir) -> list[float]:
     return [entry["loss"] for entry in _log(output_dir) if "loss" in entry]
 
 
-def test_full_sft_loss_goes_down_and_outputs_are_complete(ray_local, tiny_model, shared_data, tmp_path):
-    outcome = run_training(_config(tmp_path, tiny_model, shared_data, finetuning_type="full", max_steps=24, plot_loss="true", logging_steps=2))
+def test_full_sft_loss_goes_down_and_outputs_are_complete(ray_local, tiny_model, test_data, tmp_path):
+    outcome = run_training(_config(tmp_path, tiny_model, test_data, finetuning_type="full", max_steps=24, plot_loss="true", logging_steps=2))
     out = outcome.output_dir
     losses = _losses(out)
     assert len(losses) == 12
@@ -64,11 +64,11 @@ def test_full_sft_loss_goes_down_and_outputs_are_complete(ray_local, tiny_model,
 
 
 @pytest.mark.parametrize("finetuning", ["lora", "freeze", "qlora"])
-def test_each_finetuning_type_trains(ray_local, tiny_model, shared_data, tmp_path, finetuning):
+def test_each_finetuning_type_trains(ray_local, tiny_model, test_data, tmp_path, finetuning):
     extra = {"finetuning_type": "lora", "quantization_bit": 4} if finetuning == "qlora" else {"finetuning_type": finetuning}
     if finetuning != "freeze":
         extra["lora_target"] = "all"
-    outcome = run_training(_config(tmp_path, tiny_model, shared_data, num_layer_trainable=1, **extra))
+    outcome = run_training(_config(tmp_path, tiny_model, test_data, num_layer_trainable=1, **extra))
     files = {p.name for p in outcome.output_dir.iterdir()}
     expected = "model.safetensors" if finetuning == "freeze" else "adapter_model.safetensors"
     assert expected in files
@@ -76,16 +76,16 @@ def test_each_finetuning_type_trains(ray_local, tiny_model, shared_data, tmp_pat
     assert len(losses) == 6 and all(loss == loss and loss > 0 for loss in losses)  # finite, no NaN
 
 
-def test_pretraining_stage_on_shared_text(ray_local, tiny_model, shared_data, tmp_path):
-    outcome = run_training(_config(tmp_path, tiny_model, shared_data, stage="pt", dataset="medicalgpt_pt", finetuning_type="full", max_steps=12, logging_steps=3))
+def test_pretraining_stage_on_sample_text(ray_local, tiny_model, test_data, tmp_path):
+    outcome = run_training(_config(tmp_path, tiny_model, test_data, stage="pt", dataset="medicalgpt_pt", finetuning_type="full", max_steps=12, logging_steps=3))
     losses = _losses(outcome.output_dir)
     assert losses[-1] < losses[0]
 
 
-def test_two_workers_match_one_worker_at_the_same_global_batch(ray_local, tiny_model, shared_data, tmp_path):
+def test_two_workers_match_one_worker_at_the_same_global_batch(ray_local, tiny_model, test_data, tmp_path):
     common = dict(finetuning_type="full", max_steps=4, per_device_train_batch_size=4)
-    one = run_training(_config(tmp_path / "one", tiny_model, shared_data, num_workers=1, gradient_accumulation_steps=2, **common))
-    two = run_training(_config(tmp_path / "two", tiny_model, shared_data, num_workers=2, gradient_accumulation_steps=1, **common))
+    one = run_training(_config(tmp_path / "one", tiny_model, test_data, num_workers=1, gradient_accumulation_steps=2, **common))
+    two = run_training(_config(tmp_path / "two", tiny_model, test_data, num_workers=2, gradient_accumulation_steps=1, **common))
     a, b = _losses(one.output_dir), _losses(two.output_dir)
     assert len(a) == len(b) == 4
     for x, y in zip(a, b):
@@ -101,10 +101,10 @@ def _registered_checkpoints(storage: Path) -> int:
     return 0
 
 
-def test_worker_killed_halfway_resumes_from_last_checkpoint(ray_local, tiny_model, shared_data, tmp_path):
+def test_worker_killed_halfway_resumes_from_last_checkpoint(ray_local, tiny_model, test_data, tmp_path):
     import ray.util.state
 
-    config = _config(tmp_path, tiny_model, shared_data, finetuning_type="full", max_steps=24, save_steps=6, max_failures=1, cutoff_len=256, per_device_train_batch_size=8, max_samples=160)
+    config = _config(tmp_path, tiny_model, test_data, finetuning_type="full", max_steps=24, save_steps=6, max_failures=1, cutoff_len=256, per_device_train_batch_size=8, max_samples=160)
     holder: dict = {}
     thread = threading.Thread(target=lambda: holder.setdefault("outcome", run_training(config)), daemon=True)
     thread.start()
@@ -134,8 +134,8 @@ def test_worker_killed_halfway_resumes_from_last_checkpoint(ray_local, tiny_mode
         ({"cutoff_len": 99999}, "max_position_embeddings"),
     ],
 )
-def test_bad_input_fails_before_any_worker(tiny_model, shared_data, tmp_path, overrides, message):
-    config = _config(tmp_path, tiny_model, shared_data, **overrides)
+def test_bad_input_fails_before_any_worker(tiny_model, test_data, tmp_path, overrides, message):
+    config = _config(tmp_path, tiny_model, test_data, **overrides)
     start = time.time()
     with pytest.raises(ConfigError, match=message):
         run_training(config)
@@ -143,18 +143,18 @@ def test_bad_input_fails_before_any_worker(tiny_model, shared_data, tmp_path, ov
     assert not (tmp_path / "out" / "ray_storage").exists()
 
 
-def test_deepspeed_zero2_on_two_cpu_workers(ray_local, tiny_model, shared_data, tmp_path):
-    outcome = run_training(_config(tmp_path, tiny_model, shared_data, finetuning_type="full", deepspeed=2, num_workers=2, max_steps=4, learning_rate=1e-3))
+def test_deepspeed_zero2_on_two_cpu_workers(ray_local, tiny_model, test_data, tmp_path):
+    outcome = run_training(_config(tmp_path, tiny_model, test_data, finetuning_type="full", deepspeed=2, num_workers=2, max_steps=4, learning_rate=1e-3))
     losses = _losses(outcome.output_dir)
     assert len(losses) == 4 and all(loss == loss for loss in losses)
     assert (outcome.output_dir / "model.safetensors").is_file()
 
 
-def test_packing_then_a_new_lora_on_top_of_the_first(ray_local, tiny_model, shared_data, tmp_path):
-    first = run_training(_config(tmp_path / "a", tiny_model, shared_data, finetuning_type="lora", lora_target="all", packing="true", cutoff_len=256, max_steps=4))
+def test_packing_then_a_new_lora_on_top_of_the_first(ray_local, tiny_model, test_data, tmp_path):
+    first = run_training(_config(tmp_path / "a", tiny_model, test_data, finetuning_type="lora", lora_target="all", packing="true", cutoff_len=256, max_steps=4))
     results = json.loads((first.output_dir / "all_results.json").read_text())
     assert results["train_samples"] < 96  # rows hold several packed samples
     # CareGPT's DPO-after-SFT pattern: merge the SFT adapter, train a fresh one
-    second = run_training(_config(tmp_path / "b", tiny_model, shared_data, finetuning_type="lora", lora_target="all", checkpoint_dir=str(first.output_dir), resume_lora_training="false", max_steps=2))
+    second = run_training(_config(tmp_path / "b", tiny_model, test_data, finetuning_type="lora", lora_target="all", checkpoint_dir=str(first.output_dir), resume_lora_training="false", max_steps=2))
     assert (second.output_dir / "adapter_model.safetensors").is_file()
     assert len(_losses(second.output_dir)) == 2

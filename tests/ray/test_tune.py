@@ -1,4 +1,4 @@
-"""`caregpt tune` on a real local Ray: a 4-trial rank x learning-rate grid on the shared SFT data.
+"""`caregpt tune` on a real local Ray: a 4-trial rank x learning-rate grid on the sample SFT data.
 
 One experiment, interrupted after its first finished trial and resumed, then the best config retrained
 with `caregpt train`'s own run_training. Every trial is a real Ray Train run of the tiny model.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SHARED_REGISTRY
+from tests.conftest import TEST_REGISTRY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,13 +27,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPRODUCE_TOLERANCE = 1e-3
 
 
-def _write_yaml(tmp_path: Path, model: str, shared_data: Path, **search) -> Path:
+def _write_yaml(tmp_path: Path, model: str, test_data: Path, **search) -> Path:
     config = {
         "stage": "sft",
         "model_name_or_path": model,
         "dataset": "toyhom_sft",
-        "dataset_dir": str(shared_data),
-        "dataset_info": str(SHARED_REGISTRY),
+        "dataset_dir": str(test_data),
+        "dataset_info": str(TEST_REGISTRY),
         "template": "chatml",
         "cutoff_len": 128,
         "max_samples": 64,
@@ -80,13 +80,13 @@ def _interrupt_after_first_finished(trials_dir: Path) -> threading.Thread:
     return thread
 
 
-def test_grid_search_interrupted_resumed_and_best_config_retrained(ray_local, tiny_model, shared_data, tmp_path):
+def test_grid_search_interrupted_resumed_and_best_config_retrained(ray_local, tiny_model, test_data, tmp_path):
     from caregpt.config.loader import load_config
     from caregpt.train.launch import run_training
     from caregpt.tune.run import run_tune
     from caregpt.tune.space import load_tune_config
 
-    path = _write_yaml(tmp_path, tiny_model, shared_data)
+    path = _write_yaml(tmp_path, tiny_model, test_data)
     _, base_values, spec = load_tune_config(str(path))
     out = tmp_path / "tune"
     timings = {}
@@ -138,12 +138,12 @@ def test_grid_search_interrupted_resumed_and_best_config_retrained(ray_local, ti
     print("timings (s):", {k: round(v) for k, v in timings.items()}, "best", best.trial_id, best.metric, "retrained", retrained.metrics["eval_loss"])
 
 
-def test_bad_tune_section_fails_before_any_trial(tiny_model, shared_data, tmp_path):
+def test_bad_tune_section_fails_before_any_trial(tiny_model, test_data, tmp_path):
     from caregpt.config.loader import ConfigError
     from caregpt.tune.run import run_tune
     from caregpt.tune.space import load_tune_config
 
-    path = _write_yaml(tmp_path, tiny_model, shared_data, lora_target={"type": "choice", "values": ["q_proj,v_proj", "q_prj"]})
+    path = _write_yaml(tmp_path, tiny_model, test_data, lora_target={"type": "choice", "values": ["q_proj,v_proj", "q_prj"]})
     _, base_values, spec = load_tune_config(str(path))  # pydantic accepts any name: the model check is the driver's
     start = time.time()
     with pytest.raises(ConfigError, match=r"lora_target value 'q_prj'.*matches no module"):

@@ -11,16 +11,13 @@ from safetensors.torch import load_file
 from caregpt.config.loader import ConfigError, load_config
 from caregpt.models.adapters import apply_finetuning, save_trained, trainable_parameters
 from caregpt.models.loader import load_model, resolve_dtype, validate_model
-from caregpt.models.tiny import build_tiny_model
 
-FEVER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pretrain_medicalgpt_fever.txt"
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    assert FEVER.is_file(), f"shared test data not found: {FEVER}"
-    return build_tiny_model("tiny", [FEVER], tmp_path_factory.mktemp("adapters") / "tiny", seed=0)
+def tiny(tiny_model) -> Path:
+    return Path(tiny_model)  # the session's tiny model (conftest); nothing here writes into it
 
 
 def cfg(tiny: Path, **overrides):

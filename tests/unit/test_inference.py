@@ -23,14 +23,14 @@ from caregpt.models.inference import (
 )
 from caregpt.models.tiny import build_tiny_model
 from tests.adapter_factory import make_lora_adapter
+from tests.conftest import TEST_DATA
 
-FEVER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pretrain_medicalgpt_fever.txt"
+FEVER = TEST_DATA / "pretrain_medicalgpt_fever.txt"
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    assert FEVER.is_file(), f"shared test data not found: {FEVER}"
     return build_tiny_model("tiny", [FEVER], tmp_path_factory.mktemp("inference") / "tiny", seed=0)
 
 

@@ -169,10 +169,10 @@ HAND_QUERIES = [  # (symptoms in a patient's words, the department whose guide s
 ]
 
 
-def test_symptom_queries_find_the_right_department_guide_first(tmp_path, shared_data, capsys):
+def test_symptom_queries_find_the_right_department_guide_first(tmp_path, test_data, capsys):
     from caregpt.medical.catalog import load_catalog
 
-    guides = shared_data / "hospital_guide_departments.json"
+    guides = test_data / "hospital_guide_departments.json"
     assert kb_main(["ingest", "--kb", str(tmp_path / "kb"), str(guides)]) == 0
     names = load_catalog(guides).names  # guide record i is catalog department i
     kb = KnowledgeBase.open(tmp_path / "kb")

@@ -16,29 +16,20 @@ from safetensors.torch import load_file
 
 from caregpt.models.tiny import PRESETS, build_tiny_model, count_parameters, main, preset_config
 from caregpt.models.tokenizer_train import SPECIAL_TOKENS, iter_corpus_text, train_tokenizer
+from tests.conftest import TEST_DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-FEVER = DATA / "pretrain_medicalgpt_fever.txt"
-TOYHOM = DATA / "sft_toyhom_im_department.jsonl"
-MULTITURN = DATA / "sft_cmtmedqa_multiturn.jsonl"
+FEVER = TEST_DATA / "pretrain_medicalgpt_fever.txt"
+TOYHOM = TEST_DATA / "sft_toyhom_im_department.jsonl"
+MULTITURN = TEST_DATA / "sft_cmtmedqa_multiturn.jsonl"
 
 # Expected parameter ranges per preset (millions).
 EXPECTED_PARAMS = {"tiny": (0.5e6, 3e6), "small": (10e6, 20e6), "bench34m": (32e6, 36e6)}
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    assert FEVER.is_file() and TOYHOM.is_file(), (
-        f"shared test data not found under {DATA}; the repository expects ../shared/data next to it"
-    )
-    return DATA
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, data_dir) -> Path:
-    """One tiny model built on the fever text + the Toyhom SFT records (about 5 s)."""
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    return build_tiny_model("tiny", [FEVER, TOYHOM], out, seed=0)
+def tiny_dir(tiny_model) -> Path:
+    """The session's tiny model (conftest): built by build_tiny_model on the fever text + the Toyhom records."""
+    return Path(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +93,7 @@ def test_iter_corpus_text_reads_all_formats(tmp_path):
     ]
 
 
-def test_iter_corpus_text_includes_history_of_real_multiturn_records(data_dir):
+def test_iter_corpus_text_includes_history_of_real_multiturn_records():
     first = json.loads(MULTITURN.read_text(encoding="utf-8").splitlines()[0])
     assert first["history"], "expected the first CMtMedQA record to have earlier turns"
     n_strings = sum(1 for _ in _strings(first))
@@ -155,7 +146,7 @@ ROUND_TRIP_TEXTS = [
 ]
 
 
-def test_tokenizer_round_trips_chinese_and_english(tokenizer, data_dir):
+def test_tokenizer_round_trips_chinese_and_english(tokenizer):
     fever_lines = [line for line in FEVER.read_text(encoding="utf-8").splitlines() if line.strip()][:50]
     for text in ROUND_TRIP_TEXTS + fever_lines:
         ids = tokenizer(text)["input_ids"]
@@ -165,7 +156,7 @@ def test_tokenizer_round_trips_chinese_and_english(tokenizer, data_dir):
     assert tokenizer("发热")["input_ids"][0] != tokenizer.bos_token_id
 
 
-def test_chinese_text_compresses(tokenizer, data_dir):
+def test_chinese_text_compresses(tokenizer):
     text = FEVER.read_text(encoding="utf-8")
     n_tokens = len(tokenizer(text)["input_ids"])
     n_bytes = len(text.encode("utf-8"))
@@ -256,7 +247,7 @@ def test_generate_produces_new_tokens(tokenizer, model):
     assert isinstance(tokenizer.decode(out[0, prompt_len:]), str)
 
 
-def test_same_seed_same_weights_different_seed_different(tmp_path, data_dir):
+def test_same_seed_same_weights_different_seed_different(tmp_path):
     rng_before = torch.get_rng_state()
     a = build_tiny_model("tiny", [FEVER], tmp_path / "a", seed=0)
     b = build_tiny_model("tiny", [FEVER], tmp_path / "b", seed=0)
@@ -271,7 +262,7 @@ def test_same_seed_same_weights_different_seed_different(tmp_path, data_dir):
     assert _sha(a / "tokenizer.json") == _sha(b / "tokenizer.json") == _sha(c / "tokenizer.json")
 
 
-def test_vocab_size_override_and_logging(tmp_path, data_dir, caplog):
+def test_vocab_size_override_and_logging(tmp_path, caplog):
     from transformers import AutoConfig, AutoTokenizer
 
     with caplog.at_level(logging.INFO, logger="caregpt.models.tiny"):
@@ -282,7 +273,7 @@ def test_vocab_size_override_and_logging(tmp_path, data_dir, caplog):
     assert records and "parameters" in records[-1].getMessage() and "vocab 1024" in records[-1].getMessage()
 
 
-def test_refuses_to_overwrite_non_empty_dir(tmp_path, data_dir):
+def test_refuses_to_overwrite_non_empty_dir(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "keep.txt").write_text("precious", encoding="utf-8")
@@ -308,7 +299,7 @@ def test_refuses_to_overwrite_non_empty_dir(tmp_path, data_dir):
     assert corpus.is_file()
 
 
-def test_unknown_preset_lists_presets(tmp_path, data_dir):
+def test_unknown_preset_lists_presets(tmp_path):
     with pytest.raises(ValueError) as excinfo:
         build_tiny_model("huge", [FEVER], tmp_path / "x")
     message = str(excinfo.value)
@@ -318,7 +309,7 @@ def test_unknown_preset_lists_presets(tmp_path, data_dir):
         count_parameters("huge")
 
 
-def test_cli_main_builds(tmp_path, data_dir, capsys):
+def test_cli_main_builds(tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["--preset", "tiny", "--corpus", str(FEVER), "--output", str(out), "--seed", "5"]) == 0
     assert capsys.readouterr().out.strip() == str(out.absolute())

@@ -20,8 +20,8 @@ DATA = ("sft_toyhom_im_department.jsonl", "sft_cmtmedqa_multiturn.jsonl")
 
 
 @pytest.fixture(scope="module")
-def guides(shared_data):
-    return shared_data / "hospital_guide_departments.json"
+def guides(test_data):
+    return test_data / "hospital_guide_departments.json"
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,11 @@ def test_catalog_has_sixty_departments_in_groups(guides, tmp_path):
         load_catalog(tmp_path / "nothing.json")
 
 
-def test_mapping_covers_every_label_of_both_files_or_says_why_not(shared_data, guides):
+def test_mapping_covers_every_label_of_both_files_or_says_why_not(test_data, guides):
     catalog = load_catalog(guides)
     labels = set()
     for name in DATA:
-        with open(shared_data / name, encoding="utf-8") as handle:
+        with open(test_data / name, encoding="utf-8") as handle:
             labels |= {str(json.loads(line).get("department") or "") for line in handle}
     assert labels <= set(DEPARTMENT_MAP) | set(UNMAPPED), labels - set(DEPARTMENT_MAP) - set(UNMAPPED)
     for label in DEPARTMENT_MAP:  # every target is a real catalog department or group
@@ -56,8 +56,8 @@ def test_mapping_covers_every_label_of_both_files_or_says_why_not(shared_data, g
     assert all(reason for reason in UNMAPPED.values())
 
 
-def test_top3_accuracy_is_clearly_above_chance_on_a_sample(shared_data, guides):
-    report = evaluate_triage([shared_data / name for name in DATA], guides, limit=150, classifier=None, by_split=False)
+def test_top3_accuracy_is_clearly_above_chance_on_a_sample(test_data, guides):
+    report = evaluate_triage([test_data / name for name in DATA], guides, limit=150, classifier=None, by_split=False)
     for result in report.files:
         assert result.scored >= 100
         print(f"{result.file}: top-1 {result.rate(result.top1):.2f} top-3 {result.rate(result.top3):.2f} "
@@ -144,14 +144,14 @@ def test_a_served_model_reranks_the_candidates(triage, chat_server):
     assert offline.method == "retrieval" and "cannot reach" in offline.notes[0]
 
 
-def test_triage_and_eval_commands(guides, shared_data, capsys):
+def test_triage_and_eval_commands(guides, test_data, capsys):
     assert triage_main(["皮肤上起了很多红疹子，特别痒", "--guides", str(guides), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["departments"][0]["department"] == "皮肤科" and len(out["departments"]) == 3
     assert triage_main(["头痛", "--guides", str(guides.parent / "missing.json")]) == 1
     assert "not found" in capsys.readouterr().err
     assert eval_main(["--task", "triage", "--guides", str(guides), "--limit", "20",
-                      "--data", str(shared_data / DATA[1])]) == 0
+                      "--data", str(test_data / DATA[1])]) == 0
     assert "top-1" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         eval_main(["--task", "triage"])

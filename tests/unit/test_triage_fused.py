@@ -14,8 +14,8 @@ from caregpt.medical.triage_eval import constant_baseline, evaluate_triage
 
 
 @pytest.fixture(scope="module")
-def guides(shared_data):
-    return shared_data / "hospital_guide_departments.json"
+def guides(test_data):
+    return test_data / "hospital_guide_departments.json"
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_constant_baseline_picks_the_three_most_common_departments_greedily():
     assert constant_baseline(sets) == ["a", "b", "c"]
 
 
-def test_frozen_test_part_meets_the_targets_and_beats_the_constant_baseline(shared_data, guides):
-    report = evaluate_triage([shared_data / "sft_cmtmedqa_multiturn.jsonl"], guides, parts=("test",))
+def test_frozen_test_part_meets_the_targets_and_beats_the_constant_baseline(full_data, guides):
+    report = evaluate_triage([full_data / "sft_cmtmedqa_multiturn.jsonl"], guides, parts=("test",))
     (result,) = report.files
     assert result.split == "test" and result.scored >= 300
     top1, top3 = result.rate(result.top1), result.rate(result.top3)

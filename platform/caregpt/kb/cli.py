@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from caregpt._extras import require
 from caregpt.kb.base import KnowledgeBase, KnowledgeBaseError
 from caregpt.kb.loaders import SUPPORTED_SUFFIXES
 
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if getattr(args, "k", 1) <= 0:
         parser.error("-k must be a positive number")
+    # every verb ends in (or checks) the BM25 index: without the [kb] extra say so before any work
+    require("bm25s", extra="kb", purpose="the knowledge base (caregpt kb)")
     try:
         return {"ingest": _ingest, "search": _search, "info": _info}[args.verb](args)
     except KnowledgeBaseError as err:

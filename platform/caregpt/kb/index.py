@@ -35,8 +35,9 @@ class SearchIndex:
         self.encoder = encoder if self.vectors is not None else None
         self._bm25 = None
         if self.size:
-            import bm25s
+            from caregpt._extras import require
 
+            bm25s = require("bm25s", extra="kb", purpose="the knowledge-base BM25 index")
             self._bm25 = bm25s.BM25()
             self._bm25.index([list(t) for t in tokens], show_progress=False)
 

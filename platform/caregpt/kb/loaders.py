@@ -115,6 +115,9 @@ def _load_jsonl(path: Path, fields: Sequence[str]) -> LoadResult:
 
 
 def _read_pdf(path: Path) -> str:
+    from caregpt._extras import require
+
+    require("pypdf", extra="kb", purpose="reading .pdf documents")
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -132,7 +135,9 @@ def _read_pdf(path: Path) -> str:
 def _read_docx(path: Path) -> str:
     import zipfile
 
-    import docx
+    from caregpt._extras import require
+
+    docx = require("docx", extra="kb", purpose="reading .docx documents", package="python-docx")
     from docx.opc.exceptions import PackageNotFoundError
 
     try:

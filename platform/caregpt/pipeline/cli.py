@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from caregpt.config.loader import ConfigError
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="force_from", default=None, metavar="STEP",
                         help="run this step and every later one again, even if finished")
     parser.add_argument("--dry-run", action="store_true", help="resolve and validate every step, print the plan, run nothing")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and the libraries' logs here (default: they go to run_dir/logs/, named at the end)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     from caregpt.pipeline.plan import plan
@@ -39,13 +42,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from caregpt.pipeline.run import run_pipeline
 
+    from caregpt.console import default_log_path, quiet_internals
+
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    if args.verbose:
+        os.environ["CAREGPT_VERBOSE"] = "1"
+    try:
+        plan(spec)  # a bad pipeline fails here, before any log file or Ray
+    except ValueError as exc:
+        raise exc if isinstance(exc, ConfigError) else ConfigError(str(exc)) from None
+    log = None if args.verbose else quiet_internals(default_log_path(spec.run_dir))
     try:
         records = run_pipeline(spec, only=only, force_from=args.force_from)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from None
+    finally:
+        if log is not None:
+            log.restore()  # an error's traceback reaches the terminal
+            print(f"Ray and library logs of this run: {log.path}  (--verbose shows them here)")
     print(f"\npipeline {spec.name!r} finished: report {spec.run_dir}/pipeline_report.md")
     for r in records:
         print(f"  {r.name:<12} {r.status:<8} {r.seconds:7.0f}s")

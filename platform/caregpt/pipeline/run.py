@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from caregpt.pipeline.plan import PlannedStep, plan
-from caregpt.pipeline.report import collect_metrics, write_report
+from caregpt.pipeline.report import SHOWN, collect_metrics, write_report
 from caregpt.pipeline.spec import PipelineSpec
 
 logger = logging.getLogger(__name__)
@@ -101,10 +101,18 @@ def run_tune(step: PlannedStep) -> None:
 
 def run_verb(module: str, prefix: tuple[str, ...] = ()) -> Callable[[PlannedStep], None]:
     def runner(step: PlannedStep) -> None:
+        import contextlib
         import importlib
+        import sys
+
+        from caregpt.console import is_quiet
 
         main = importlib.import_module(module).main
-        _call(main, [*prefix, *_argv(step.values)], f"{step.uses} step {step.name!r}")
+        # a quiet run shows the step's key numbers on its `done` line; the command's own printout (a metrics
+        # dump, a table) goes to the log with the rest, and its results are in the step's files
+        printout = contextlib.redirect_stdout(sys.stderr) if is_quiet() else contextlib.nullcontext()
+        with printout:
+            _call(main, [*prefix, *_argv(step.values)], f"{step.uses} step {step.name!r}")
 
     return runner
 
@@ -125,6 +133,13 @@ RUNNERS: dict[str, Callable[[PlannedStep], None]] = {
     "export": run_verb("caregpt.models.export_cli"),
     "deploy": run_deploy,
 }
+
+
+def _key_numbers(metrics: dict[str, Any], most: int = 4) -> str:
+    """` (train_loss 6.53, step 120, ...)`: the first few of the report's headline metrics the step has."""
+    shown = [f"{key} {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{key} {metrics[key]}"
+             for key in SHOWN if key in metrics][:most]
+    return f" ({', '.join(shown)})" if shown else ""
 
 
 def _marker(run_dir: Path, name: str) -> Path:
@@ -188,6 +203,6 @@ def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, force_fro
             "fingerprint": step.fingerprint, "outputs": step.outputs, "metrics": record.metrics, "files": record.files,
             "seconds": record.seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }, ensure_ascii=False, indent=2))
-        print(f"[pipeline] {step.name}: done in {record.seconds:.0f}s", flush=True)
+        print(f"[pipeline] {step.name}: done in {record.seconds:.0f}s{_key_numbers(record.metrics)}", flush=True)
     write_report(spec, records)
     return records

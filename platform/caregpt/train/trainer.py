@@ -77,6 +77,9 @@ def report_interval_s() -> float:
     return float(os.environ.get("CAREGPT_REPORT_INTERVAL_S", default))
 
 
+PROGRESS_PARTS = 5  # progress lines per run on the console, besides evals and the last step
+
+
 class RayReportCallback(TrainerCallback):
     """Metrics and checkpoints to Ray Train; trainer_log.jsonl-style history; a progress line."""
 
@@ -89,6 +92,10 @@ class RayReportCallback(TrainerCallback):
         self.tokens_offset = 0  # tokens seen before a resume (restored from the checkpoint)
         self.last_report = self.start
         self.report_interval = report_interval_s()
+        # the console gets a line per fifth of the run (CAREGPT_VERBOSE=1: every logging step); the full
+        # history is in trainer_log.jsonl either way
+        self.every_log = os.environ.get("CAREGPT_VERBOSE", "0") == "1"
+        self.shown_part = -1
 
     def on_train_begin(self, args, state, control, **kwargs):
         previous = [h for h in state.log_history if "tokens_seen" in h]
@@ -113,7 +120,7 @@ class RayReportCallback(TrainerCallback):
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1].update(tokens_seen=metrics["tokens_seen"], tokens_per_second=metrics["tokens_per_second"])
         self.last_metrics.update(metrics)
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and self._worth_a_line(state.global_step, state.max_steps, metrics):
             _progress_line(state, metrics, now - self.start)
         # every rank reaches the same decision (same sums), so Ray sees the same number of reports from each
         has_eval = any(k.startswith("eval_") for k in metrics)
@@ -121,6 +128,17 @@ class RayReportCallback(TrainerCallback):
         if has_eval or last or since_report >= self.report_interval:
             ray.train.report(metrics=dict(self.last_metrics))
             self.last_report = time.perf_counter()
+
+    def _worth_a_line(self, step: int, total: int, metrics: dict[str, Any]) -> bool:
+        """Every logging step when verbose or when the total is unknown; else evals, the last step (once; the
+        end-of-training summary logs at that step again) and each new fifth."""
+        if self.every_log or not total or any(k.startswith("eval_") for k in metrics):
+            return True
+        part = PROGRESS_PARTS if step >= total else PROGRESS_PARTS * step // total
+        if part > self.shown_part:
+            self.shown_part = part
+            return True
+        return False
 
     def on_save(self, args, state, control, **kwargs):
         import ray.train

@@ -222,7 +222,8 @@ def make_searcher(spec: TuneSpec):
 
         return HyperOptSearch()
     except (ImportError, AssertionError) as exc:
-        raise ConfigError(f"tune.search_alg={spec.search_alg} needs its package: pip install {spec.search_alg} ({exc})") from None
+        extra = ' or pip install "caregpt[tune]"' if spec.search_alg == "optuna" else ""
+        raise ConfigError(f"tune.search_alg={spec.search_alg} needs its package: pip install {spec.search_alg}{extra} ({exc})") from None
 
 
 def budget_steps(config: RunConfig, spec: TuneSpec, data_rows: int) -> int:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from caregpt._extras import require
 from caregpt.chat.api import ApiChat, ChatApiError, format_citation
 
 DISCLAIMER = (
@@ -33,9 +34,13 @@ CSS = "#caregpt-disclaimer { border-left: 4px solid #d97706; padding-left: .75re
 
 
 def prepare_gradio_env() -> None:
-    """No telemetry or version checks: set before gradio is first imported (it reads them at import/build)."""
+    """No telemetry or version checks: set before gradio is first imported (it reads them at import/build).
+
+    Then import it once: without the [webui] extra this raises MissingExtra, a one-line install hint.
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    require("gradio", extra="webui", purpose="the web chat (caregpt webui)")
 
 
 def message_text(message: dict[str, Any]) -> str:

@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `caregpt webui` (also `python -m caregpt.webui`); blocks until Ctrl-C."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(argv):  # say what to install before complaining about flags
+        from caregpt.webui.app import prepare_gradio_env
+
+        prepare_gradio_env()
+    args = build_parser().parse_args(argv)
     try:
         normalize_base_url(args.api_base)
     except ChatApiError as exc:
