@@ -58,7 +58,8 @@ def cmd_data(argv: list[str]) -> int:
             "  check    count records, show invalid ones with file:line, token length statistics\n"
             "  prepare  tokenize once into parquet (reused by training; --overwrite_cache to redo)\n"
             "  deid     mask personal identifiers (names, ID numbers, phones, emails, addresses, record numbers, dates)\n"
-            "  export   a registered SFT dataset to OpenAI chat fine-tuning JSONL (--format openai-chat), validated\n"
+            "  export   a registered SFT dataset to OpenAI chat fine-tuning JSONL (--format openai-chat), validated;\n"
+            "           or the fine-tuning service's feedback ratings as preference (DPO) pairs (--format preference)\n"
             "  download public medical datasets (resumable, sha256-checked), converted and registered (--list)\n\n"
             "Run `caregpt data ACTION --help` for an action's options.\n"
         )

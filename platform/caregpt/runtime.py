@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -35,8 +36,48 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         dashboard = os.environ.get("CAREGPT_DASHBOARD", "1") == "1"
         # address="local": always a new instance. Without it ray.init joins whatever cluster `ray start` last
         # recorded in /tmp/ray (someone else's, on a shared machine).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        # A temp dir of its own, recording this cluster as "the current one": the driver of a Ray job submitted here
+        # joins the cluster its temp dir records, and without a record Ray picks any Ray process it finds on the
+        # machine (measured: the fine-tuning service's jobs trained on another user's Ray and died with it).
+        import tempfile
+
+        from ray._private.utils import write_ray_address
+
+        temp_dir = os.environ.get("CAREGPT_RAY_TEMP_DIR") or tempfile.mkdtemp(prefix=f"ray-{os.getpid()}-", dir="/tmp")
+        with _free_dashboard_agent_port():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", _temp_dir=temp_dir, **kwargs)
+        write_ray_address(ray.get_runtime_context().gcs_address, temp_dir)
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("CAREGPT_PROGRESS", "1") == "1"
+
+
+@contextlib.contextmanager
+def _free_dashboard_agent_port():
+    """Start the embedded Ray's dashboard agent on a free port instead of Ray's fixed 52365.
+
+    ray.init has no option for that port, and on a machine where another Ray already holds 52365 the agent
+    of this one runs without its HTTP server: its job API then answers every submission with "No available
+    agent to submit job" (the fine-tuning service submits Ray jobs). `ray start` takes
+    --dashboard-agent-listen-port; for ray.init the parameter object it builds gets the port here.
+    """
+    import socket
+
+    from ray._private import parameter
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    original = parameter.RayParams
+
+    class _Params(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kw):
+            kw.setdefault("dashboard_agent_listen_port", port)
+            super().__init__(*args, **kw)
+
+    parameter.RayParams = _Params
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def available_cpus() -> int:

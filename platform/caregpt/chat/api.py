@@ -30,6 +30,8 @@ class Delta:
     text: str = ""
     citations: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
+    response_id: str | None = None
+    """The completion's id (chatcmpl-...): what POST /v1/feedback rates."""
 
 
 def resolve_api_key(explicit: str | None) -> str:
@@ -146,6 +148,14 @@ class ApiChat:
             raise explain(exc, self.base_url, model) from None
 
 
+    def feedback(self, payload: dict[str, Any]) -> None:
+        """POST /v1/feedback (caregpt's fine-tuning service): a rating of one answer, for DPO later."""
+        try:
+            self._client.post("/feedback", body=payload, cast_to=object)
+        except Exception as exc:  # noqa: BLE001
+            raise explain(exc, self.base_url) from None
+
+
 def _delta(chunk: Any) -> Delta:
     extra = getattr(chunk, "model_extra", None) or {}
     citations = extra.get("citations") or []
@@ -154,7 +164,7 @@ def _delta(chunk: Any) -> Delta:
         choice = chunk.choices[0]
         text = (choice.delta.content or "") if choice.delta is not None else ""
         finish = choice.finish_reason
-    return Delta(text=text, citations=[c for c in citations if isinstance(c, dict)], finish_reason=finish)
+    return Delta(text=text, citations=[c for c in citations if isinstance(c, dict)], finish_reason=finish, response_id=getattr(chunk, "id", None))
 
 
 def format_citation(citation: dict[str, Any]) -> str:

@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--training_file", "--training-file", required=True, help="chat fine-tuning JSONL (e.g. from `caregpt data export`)")
     parser.add_argument("--validation_file", "--validation-file", default=None, help="optional validation JSONL in the same format")
     parser.add_argument("--model", required=True, help="base model to fine-tune, e.g. gpt-4o-mini-2024-07-18")
-    parser.add_argument("--base_url", "--base-url", default="https://api.openai.com/v1", help="OpenAI-compatible API (default: https://api.openai.com/v1)")
+    parser.add_argument("--base_url", "--base-url", "--api_base", "--api-base", dest="base_url", default="https://api.openai.com/v1",
+                        help="OpenAI-compatible API, e.g. caregpt's own app with `finetune:` set (default: https://api.openai.com/v1)")
     parser.add_argument("--api_key_env", "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (default: OPENAI_API_KEY)")
     parser.add_argument("--suffix", default=None, help="up to 64 characters added to the fine-tuned model's name")
     parser.add_argument("--n_epochs", "--n-epochs", type=int, default=None, help="training epochs (default: the service chooses)")

@@ -7,6 +7,7 @@ from the application's config. Routes:
 - ``POST /v1/triage`` (caregpt extension: departments for a symptom description)
 - ``GET /v1/models``, ``GET /v1/models/{model}``
 - ``GET /health`` (the router is up) and ``GET /ready`` (a model replica answers); no key needed.
+- with ``finetune:`` set, OpenAI's Files and fine-tuning jobs API and ``POST /v1/feedback`` (caregpt/finetune/routes.py).
 
 Every error, including unknown routes, failed auth and bodies that are too large, has OpenAI's
 shape. What the routes do is in :mod:`caregpt.serve.handlers`; keys are :mod:`caregpt.serve.auth`.
@@ -29,7 +30,8 @@ from caregpt.serve.protocol import ModelCard, ModelList
 
 
 def _install_middleware(app: FastAPI, config: Any) -> None:
-    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    uploads = ("/v1/files", config.finetune.max_file_bytes + 65536) if config.finetune else None  # + room for the multipart framing
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes, uploads=uploads)
     # Bearer keys travel in a header, so browsers need no credentials mode; any listed origin may call.
     app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins, allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"], expose_headers=["Retry-After", "X-Request-Id"])
 
@@ -109,5 +111,8 @@ def build_api(router: Any) -> FastAPI:
     key = Depends(require_key(router.api_keys))
     _add_generation_routes(app, router, key)
     _add_model_routes(app, router, key)
+    from caregpt.finetune.routes import mount as mount_finetune
+
+    mount_finetune(app, router, require_key(router.api_keys))  # Files, fine-tuning jobs, feedback (only with `finetune:` set)
     _add_ops_routes(app, router)
     return app

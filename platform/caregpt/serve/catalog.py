@@ -3,8 +3,10 @@
 The `model` of a request is the base model's served name or the name of an adapter: a direct
 subfolder of the configured ``adapters_dir`` that holds ``adapter_config.json``. A name from a
 request is never used as a path until it has passed :meth:`Catalog.adapter_path`: a plain name
-(letters, digits, ``._-``), no ``..``, no separators, and a real directory whose resolved path
+(letters, digits, ``._-:``), no ``..``, no separators, and a real directory whose resolved path
 sits directly inside the resolved adapter root (a symlink pointing elsewhere is refused too).
+An adapter published by a fine-tuning job belongs to the API key that ran the job: other keys neither
+see it listed nor resolve it (finetune/tenancy.py).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from caregpt.finetune.tenancy import visible
 from caregpt.models.inference import ADAPTER_CONFIG_NAME, recorded_template  # noqa: F401 - recorded_template: the one reader, used by server.py too
 from caregpt.serve.config import ServeConfig
 from caregpt.serve.errors import APIError, bad_request, model_not_found
 
 logger = logging.getLogger("caregpt.serve.catalog")
 
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# ':' for fine-tuned models (ft:<base>:<suffix>:<job-id>, OpenAI's naming)
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,159}$")
 MAX_LISTED_ADAPTERS = 1000
 
 
@@ -50,7 +54,7 @@ class Catalog:
             raise model_not_found(name, self.names())
         if not ADAPTER_NAME.match(name) or ".." in name:
             raise bad_request(
-                f"Invalid model name {name[:80]!r}: adapter names are plain folder names (letters, digits, '.', '_', '-').",
+                f"Invalid model name {name[:80]!r}: adapter names are plain folder names (letters, digits, '.', '_', '-', ':').",
                 "model",
                 "invalid_model_name",
             )
@@ -67,7 +71,7 @@ class Catalog:
         for child in sorted(self.root.iterdir()):
             if len(names) >= MAX_LISTED_ADAPTERS:
                 break
-            if ADAPTER_NAME.match(child.name) and child.resolve().parent == self.root and (child / ADAPTER_CONFIG_NAME).is_file():
+            if ADAPTER_NAME.match(child.name) and child.resolve().parent == self.root and (child / ADAPTER_CONFIG_NAME).is_file() and visible(child):
                 names.append(child.name)
         return names
 
@@ -82,6 +86,8 @@ class Catalog:
             raise bad_request("model must be a non-empty string.", "model")
         try:
             path = self.adapter_path(name)
+            if not visible(path):  # another API key's fine-tuned model: as if it did not exist
+                raise model_not_found(name, self.names())
         except APIError as exc:
             if self.config.accept_any_model and exc.status == 404:
                 return ModelRef(name, "", self.base_template)  # api_demo compatibility: any name is the base

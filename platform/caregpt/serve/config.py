@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from caregpt.config.loader import ConfigError, read_yaml
 from caregpt.config.specs import key
 from caregpt.config.specs import split_commas as _split_commas
+from caregpt.finetune.settings import FinetuneSettings, parse_finetune
 
 API_KEYS_ENV = "CAREGPT_API_KEYS"
 
@@ -159,6 +160,11 @@ class ServeConfig(BaseModel):
     triage_guides: Annotated[str | None, key(path="in")] = None
     """Department guide JSON for POST /v1/triage (e.g. hospital_guide_departments.json with its catalog beside it)."""
 
+    # ---- fine-tuning service ---------------------------------------------------------------------
+    finetune: FinetuneSettings | None = None
+    """OpenAI's Files + fine-tuning jobs API and POST /v1/feedback on this app (docs/finetune-openai-sdk.md):
+    {"storage_root": DIR_OR_URI, ...}, or just the storage root. Needs adapters_dir (fine-tuned models are published there)."""
+
     # ---- HTTP front (caregpt.serve.front) --------------------------------------------------------
     front_proxy: bool = True
     """Put caregpt's front proxy on host:port, before Ray Serve's proxy (then on 127.0.0.1): header and body
@@ -251,6 +257,11 @@ class ServeConfig(BaseModel):
             return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
         return value
 
+    @field_validator("finetune", mode="before")
+    @classmethod
+    def _finetune(cls, value: Any) -> Any:
+        return parse_finetune(value)
+
     @field_validator("quantization_bit")
     @classmethod
     def _bits(cls, value: int | None) -> int | None:
@@ -269,6 +280,8 @@ class ServeConfig(BaseModel):
             raise ValueError("colocate_router needs a single-model app: adapters_dir uses the separate model deployment (Serve multiplexing)")
         if self.num_replicas is None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
+        if self.finetune is not None and not self.adapters_dir:
+            raise ValueError("finetune needs adapters_dir: fine-tuned adapters are published there and served by name")
         return self
 
     @property

@@ -30,15 +30,19 @@ class BodyTooLarge(APIError):
 class BodyLimit:
     """ASGI middleware: 413 for bodies above `limit` bytes, by Content-Length or while reading (chunked)."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, uploads: tuple[str, int] | None = None):
         self.app, self.limit = app, limit
+        self.uploads = uploads  # (path suffix, limit): fine-tuning file uploads may be larger than chat requests
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limit
+        if self.uploads and scope.get("method") == "POST" and scope.get("path", "").rstrip("/").endswith(self.uploads[0]):
+            limit = self.uploads[1]
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, BodyTooLarge(self.limit))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_error(send, BodyTooLarge(limit))
         seen = 0
         started = False
 
@@ -47,8 +51,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)  # handlers reading the body answer it as any APIError
+                if seen > limit:
+                    raise BodyTooLarge(limit)  # handlers reading the body answer it as any APIError
             return message
 
         async def tracking_send(message):

@@ -102,22 +102,64 @@ def stream_reply(chat: ApiChat, history: list[dict[str, Any]], model: str | None
             yield history, status or "⚠️ No model selected: the API listed none. Check the API, then press List models and Retry."
             return
     messages = to_api_messages(history, system)
-    answer, citations = "", []
+    answer, citations, response_id = "", [], None
+
+    def reply() -> dict[str, Any]:
+        # the completion id rides in the message's metadata (no title: shown as a plain answer) for the rating buttons
+        return {"role": "assistant", "content": answer, **({"metadata": {"id": response_id}} if response_id else {})}
+
     try:
         for delta in chat.stream(messages, model=model, temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens)):
             citations = delta.citations or citations
+            response_id = delta.response_id or response_id
             if delta.text:
                 answer += delta.text
                 # a new list each time: Gradio sends the difference to the previous value it kept
-                yield [*history, {"role": "assistant", "content": answer}], ""
+                yield [*history, reply()], ""
     except ChatApiError as exc:
         # keep what arrived; a question with no answer stays last, so Retry can ask it again
-        yield ([*history, {"role": "assistant", "content": answer}] if answer else history), error_status(exc)
+        yield ([*history, reply()] if answer else history), error_status(exc)
         return
-    final = [*history, {"role": "assistant", "content": answer}]
+    final = [*history, reply()]
     if citations:
         final.append(sources_note(citations))
     yield final, ""
+
+
+def rated_answer(history: list[dict[str, Any]], index: int | None = None) -> int | None:
+    """The index of the answer to rate: `index` if it is an answer with an id, else the last such answer."""
+    history = history or []
+    candidates = [index] if index is not None else range(len(history) - 1, -1, -1)
+    for i in candidates:
+        if 0 <= i < len(history) and history[i].get("role") == "assistant" and not is_note(history[i]) and (history[i].get("metadata") or {}).get("id"):
+            return i
+    return None
+
+
+def feedback_payload(history: list[dict[str, Any]], index: int, system: str | None, model: str | None,
+                     rating: int, better: str | None = None) -> dict[str, Any]:
+    """POST /v1/feedback body for the answer at `index`: its id, the rating, the conversation it answered."""
+    answer = history[index]
+    payload = {"response_id": answer["metadata"]["id"], "rating": rating, "messages": to_api_messages(history[:index], system),
+               "answer": message_text(answer), "model": model}
+    if better and better.strip():
+        payload["better_answer"] = better.strip()
+    return payload
+
+
+def send_feedback(chat: ApiChat, history, system, model, index: int | None, liked: bool | None, better: str | None = None) -> str:
+    """Rate an answer (thumbs, or a suggested better answer = a thumbs down with the correction); a status line."""
+    target = rated_answer(history, index)
+    if target is None:
+        return "⚠️ There is no answer to rate yet."
+    rating = 1 if liked and not (better and better.strip()) else -1
+    try:
+        chat.feedback(feedback_payload(history, target, system, model, rating, better))
+    except ChatApiError as exc:
+        return error_status(exc)
+    if better and better.strip():
+        return "Thank you: your better answer was saved for training."
+    return "Thank you: rated ▲ helpful." if rating > 0 else "Thank you: rated ▼ not helpful."
 
 
 def add_user_message(text: str, history: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str]:
@@ -193,7 +235,7 @@ def build_ui(api_base: str, api_key: str | None = None, *, model: str | None = N
         with gr.Row():
             with gr.Column(scale=4):
                 chatbot = gr.Chatbot(elem_id="caregpt-chatbot", label="Conversation", height=460, buttons=["copy"],
-                                     feedback_options=None, placeholder="Ask a medical question to start.")
+                                     feedback_options=("Like", "Dislike"), placeholder="Ask a medical question to start.")
                 status = gr.Markdown("", elem_id="caregpt-status")
                 with gr.Row():
                     box = gr.Textbox(elem_id="caregpt-input", show_label=False, scale=6, lines=1, max_lines=6,
@@ -204,6 +246,10 @@ def build_ui(api_base: str, api_key: str | None = None, *, model: str | None = N
                     undo = gr.Button("↩ Undo", elem_id="caregpt-undo", size="sm")
                     clear = gr.Button("✕ Clear", elem_id="caregpt-clear", size="sm")
                     stop = gr.Button("■ Stop", elem_id="caregpt-stop", size="sm", variant="stop")
+                with gr.Accordion("Suggest a better answer", open=False, elem_id="caregpt-suggest"):
+                    better_box = gr.Textbox(show_label=False, lines=3, elem_id="caregpt-better",
+                                            placeholder="How should the last answer have been? Saved with a ▼ rating for training.")
+                    suggest = gr.Button("Save suggestion", elem_id="caregpt-suggest-send", size="sm")
             with gr.Column(scale=2, min_width=240):
                 with gr.Row():
                     model_box = gr.Dropdown(label="Model / adapter", choices=[], value=model, elem_id="caregpt-model",
@@ -227,6 +273,20 @@ def build_ui(api_base: str, api_key: str | None = None, *, model: str | None = N
         clear.click(lambda: ([], "", ""), None, [chatbot, box, status], queue=False, cancels=answer_events)
         stop.click(None, None, None, cancels=answer_events)
         refresh.click(refresh_models, model_box, [model_box, status], queue=False)
+
+        def on_like(history, system_prompt, model_name, data: gr.LikeData):
+            index = data.index if isinstance(data.index, int) else data.index[0]
+            return send_feedback(chat, history, system_prompt, model_name, index, bool(data.liked))
+
+        # Gradio passes the LikeData by the parameter's type; this module's string annotations hide `gr` from it
+        on_like.__annotations__["data"] = gr.LikeData
+
+        def on_suggest(history, system_prompt, model_name, better):
+            message = send_feedback(chat, history, system_prompt, model_name, None, False, better)
+            return message, ("" if message.startswith("Thank you") else better)
+
+        chatbot.like(on_like, [chatbot, system_box, model_box], status, queue=False)
+        suggest.click(on_suggest, [chatbot, system_box, model_box, better_box], [status, better_box], queue=False)
         demo.load(refresh_models, model_box, [model_box, status], queue=False)
     # answers wait on the API (I/O), so many can stream at once
     demo.queue(default_concurrency_limit=concurrency)
