@@ -64,14 +64,14 @@ def caregpt(command: str, cwd: Path, timeout: int = 600, **kwargs) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory, tiny_model, shared_data) -> Path:
+def scratch(tmp_path_factory, tiny_model, test_data) -> Path:
     """A fresh working directory laid out as the README assumes; the two SFT commands have run in it."""
     root = tmp_path_factory.mktemp("seed")
     shutil.copytree(tiny_model, root / "models" / "llama")
     data = root / "data"
     data.mkdir()
     for name in ("sft_cmtmedqa_multiturn.jsonl", "sft_toyhom_im_department.jsonl", "pref_medicalgpt_medical_reward.jsonl"):
-        shutil.copy(shared_data / name, data / name)
+        shutil.copy(test_data / name, data / name)
     columns = {"prompt": "instruction", "query": "input", "response": "output", "history": "history"}
     (data / "dataset_info.json").write_text(json.dumps({  # file names relative to dataset_dir, as in CareGPT's registry
         "mm": {"file_name": "sft_cmtmedqa_multiturn.jsonl", "columns": columns},

@@ -14,17 +14,17 @@ import pytest
 
 from caregpt.config.loader import ConfigError, load_config
 from caregpt.train.launch import run_training
-from tests.conftest import SHARED_REGISTRY
+from tests.conftest import TEST_REGISTRY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def steady_run(ray_local, tiny_model, shared_data, tmp_path_factory):
+def steady_run(ray_local, tiny_model, test_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reporting") / "pt"
     config = load_config(None, {
-        "stage": "pt", "model_name_or_path": tiny_model, "dataset": "medicalgpt_pt", "dataset_dir": str(shared_data),
-        "dataset_info": str(SHARED_REGISTRY), "finetuning_type": "full", "packing": "true", "cutoff_len": "128",
+        "stage": "pt", "model_name_or_path": tiny_model, "dataset": "medicalgpt_pt", "dataset_dir": str(test_data),
+        "dataset_info": str(TEST_REGISTRY), "finetuning_type": "full", "packing": "true", "cutoff_len": "128",
         "per_device_train_batch_size": "8", "max_steps": "24", "logging_steps": "4", "save_steps": "100",
         "learning_rate": "1e-3", "report_to": "tensorboard", "output_dir": str(out),
     })
