@@ -68,7 +68,16 @@ def pick(spec: type[BaseModel], names: tuple[str, ...], title: str, **defaults: 
             info.default = defaults[name]
             annotation = annotation | None if defaults[name] is None else annotation
         fields[name] = (annotation, info)
-    return create_model(title, __base__=Spec, **fields)
+    # the picked fields keep their own checks (e.g. `a,b` -> [a, b] for list fields)
+    validators = {}
+    for vname, decorator in spec.__pydantic_decorators__.field_validators.items():
+        picked = tuple(f for f in decorator.info.fields if f in names)
+        if picked:
+            def check(value: Any, _original=getattr(spec, vname)) -> Any:  # the spec's own (cls, value) check;
+                return value if value is None else _original(value)     # None: "unset" where pick made it optional
+
+            validators[vname] = field_validator(*picked, mode=decorator.info.mode)(check)
+    return create_model(title, __base__=Spec, __validators__=validators, **fields)
 OPS = key("operational")
 DATA = key("data")
 WHERE = "sets where or how a trial runs, not what it learns: set it once in the base config"
