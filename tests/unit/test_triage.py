@@ -153,5 +153,5 @@ def test_triage_and_eval_commands(guides, test_data, capsys):
     assert eval_main(["--task", "triage", "--guides", str(guides), "--limit", "20",
                       "--data", str(test_data / DATA[1])]) == 0
     assert "top-1" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        eval_main(["--task", "triage"])
+    assert eval_main(["--task", "triage"]) == 2  # usage error: one line naming what is missing
+    assert "--data FILES and --guides PATH" in capsys.readouterr().err

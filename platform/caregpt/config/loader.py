@@ -37,10 +37,22 @@ def _unknown_key_message(key: str, source: str, known: list[str] | None = None, 
     return msg + (f"; did you mean {hint!r}?" if hint else f"; run `caregpt {verb} --help` for the valid keys")
 
 
-def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+def _is_flag(token: str) -> bool:
+    # `-k` (one letter) is the short form of `--k`; `-1` stays a value
+    return token.startswith("--") or (len(token) == 2 and token[0] == "-" and token[1].isalpha())
+
+
+BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"}
+
+
+def parse_flags(argv: list[str], multi: frozenset[str] | set[str] = frozenset(),
+                switches: frozenset[str] | set[str] = frozenset()) -> tuple[list[str], dict[str, Any]]:
     """Split argv into positional arguments and `--key value` / `--key=value` / `key=value` overrides.
 
     A flag followed by another flag (or nothing) is a boolean switch, as in `--plot_loss --fp16`.
+    Keys in `multi` take every value up to the next flag (`--data a.jsonl b.jsonl`), as a list. Keys in
+    `switches` (boolean fields) take the next token only when it is a boolean word, so `--json "query"`
+    leaves the query positional.
     Values stay strings here; pydantic coerces them against the field type.
     """
     positional: list[str] = []
@@ -48,11 +60,19 @@ def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     i = 0
     while i < len(argv):
         token = argv[i]
-        if token.startswith("--"):
-            name, eq, value = token[2:].partition("=")
+        if _is_flag(token):
+            name, eq, value = token.lstrip("-").partition("=")
             key = name.replace("-", "_")  # `--api-base` is `--api_base`; values keep their dashes
+            if key in multi and not eq:
+                values = []
+                while i + 1 < len(argv) and not _is_flag(argv[i + 1]):
+                    values.append(argv[i + 1])
+                    i += 1
+                flags[key] = values or "true"
+                i += 1
+                continue
             if not eq:
-                if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                if i + 1 < len(argv) and not _is_flag(argv[i + 1]) and (key not in switches or argv[i + 1].lower() in BOOL_WORDS):
                     value = argv[i + 1]
                     i += 1
                 else:
@@ -174,12 +194,14 @@ def _validation_message(exc: ValidationError, spec: type[BaseModel], given: dict
     return "; ".join(lines)
 
 
-def split_argv(argv: list[str], *, positional: int = 0, yaml: bool = True) -> tuple[str | None, list[str], dict[str, Any]]:
+def split_argv(argv: list[str], *, positional: int = 0, yaml: bool = True,
+               multi: frozenset[str] | set[str] = frozenset(),
+               switches: frozenset[str] | set[str] = frozenset()) -> tuple[str | None, list[str], dict[str, Any]]:
     """`[CONFIG.yaml] [ARG ...] [--key value ...]` -> (yaml file, other positional arguments, flags).
 
     At most one YAML file and at most `positional` other arguments; anything else is an error naming it.
     """
-    args, flags = parse_flags(argv)
+    args, flags = parse_flags(argv, multi, switches)
     yaml_files = [p for p in args if yaml and p.endswith((".yaml", ".yml"))]
     rest = [p for p in args if p not in yaml_files]
     if len(yaml_files) > 1:
@@ -287,6 +309,26 @@ def config_from_json(text: str) -> RunConfig:
     return build_config({k: (v, "from the driver") for k, v in json.loads(text).items()})
 
 
+def _keys_where(specs, wanted) -> set[str]:
+    """Option names (aliases too) of the fields for which wanted(field) holds."""
+    keys: set[str] = set()
+    for spec in specs:
+        for name, field in spec.model_fields.items():
+            if wanted(field):
+                keys |= {name, *(c for c in getattr(field.validation_alias, "choices", []) if isinstance(c, str))}
+    return keys
+
+
+def multi_value_keys(specs) -> set[str]:
+    """Fields declared `Field(json_schema_extra={"nargs": "+"})`: `--data a b` is a list."""
+    return _keys_where(specs, lambda f: isinstance(f.json_schema_extra, dict) and bool(f.json_schema_extra.get("nargs")))
+
+
+def switch_keys(specs) -> set[str]:
+    """Boolean fields: a bare `--json` before a positional argument is a switch, not `--json=ARG`."""
+    return _keys_where(specs, lambda f: f.annotation is bool)
+
+
 def load_verb(argv: list[str], sections: dict[str, type[BaseModel]], *, verb: str, positional: int = 0,
               defaults: dict[str, Any] | None = None, config_file: bool = True) -> tuple[dict[str, BaseModel], list[str], set[str]]:
     """A verb's `[CONFIG.yaml] [ARG ...] [--key value ...]` into its spec sections.
@@ -295,7 +337,8 @@ def load_verb(argv: list[str], sections: dict[str, type[BaseModel]], *, verb: st
     defaults for keys of shared specs (chat samples at temperature 0.7 where predict decodes greedily).
     config_file=False: a YAML argument is a positional argument (`caregpt run PIPELINE.yaml`), not options.
     """
-    config_path, rest, flags = split_argv(argv, positional=positional, yaml=config_file)
+    multi, switches = multi_value_keys(sections.values()), switch_keys(sections.values())
+    config_path, rest, flags = split_argv(argv, positional=positional, yaml=config_file, multi=multi, switches=switches)
     values = gather(config_path, flags, defaults, default_source=f"the default of caregpt {verb}")
     given = {k for k, (_, source) in values.items() if not source.startswith("the default")}
     return build_sections(values, sections, verb), rest, given

@@ -12,12 +12,16 @@ Exit codes: 0 done; 1 some lines were invalid; 2 bad arguments or unreadable fil
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+from pydantic import field_validator
+
+from caregpt.config.specs import Spec, split_commas
 
 from caregpt.data.deid import DEFAULT_FIELDS, deidentify_record
 from caregpt.data.deid_detect import TYPES
@@ -25,24 +29,54 @@ from caregpt.data.deid_detect import TYPES
 MAX_SHOWN = 10
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt data deid",
-        description="Detect and mask personal identifiers (names in clinical context, resident ID numbers with checksum, "
-        "phones, e-mails, addresses, medical record / insurance numbers, exact dates) with typed placeholders such as "
-        "[姓名1], consistent within each record. Or, with --evaluate, print precision and recall per type on a labelled set.",
-    )
-    parser.add_argument("--input", help="jsonl file to de-identify (one record per line)")
-    parser.add_argument("--output", help="where the masked jsonl goes (must differ from --input)")
-    parser.add_argument("--fields", default=None, help=f"comma-separated text fields to mask (default: {','.join(DEFAULT_FIELDS)}); "
-                        "lists (history, [chosen, rejected]) and message lists (conversations: value / content) are walked")
-    parser.add_argument("--types", default=",".join(TYPES), help=f"identifier types to mask (default: all: {','.join(TYPES)})")
-    parser.add_argument("--no-numbers", "--no_numbers", action="store_true", help="plain placeholders ([姓名]) instead of numbered ones ([姓名1])")
-    parser.add_argument("--report", help="write a JSON report (records, records changed, counts per type, invalid lines) here")
-    parser.add_argument("--keep-invalid", "--keep_invalid", action="store_true", help="copy lines that are not JSON objects unchanged instead of dropping them")
-    parser.add_argument("--evaluate", nargs="?", const="", default=None, metavar="LABELLED",
-                        help="evaluate on a labelled jsonl (default: the shipped synthetic set) and print precision / recall per type")
-    return parser
+class DeidArgs(Spec):
+    input: str | None = None
+    """jsonl file to de-identify (one record per line)."""
+
+    output: str | None = None
+    """Where the masked jsonl goes (must differ from --input)."""
+
+    fields: list[str] | None = None
+    """Comma-separated text fields to mask (default: instruction,input,output,history...); lists (history, [chosen,
+    rejected]) and message lists (conversations: value / content) are walked."""
+
+    types: list[str] = list(TYPES)
+    """Identifier types to mask, comma separated (default: all)."""
+
+    no_numbers: bool = False
+    """Plain placeholders ([姓名]) instead of numbered ones ([姓名1])."""
+
+    report: str | None = None
+    """Write a JSON report (records, records changed, counts per type, invalid lines) here."""
+
+    keep_invalid: bool = False
+    """Copy lines that are not JSON objects unchanged instead of dropping them."""
+
+    evaluate: str | None = None
+    """--evaluate [LABELLED.jsonl]: print precision / recall per type on a labelled jsonl (bare: the shipped
+    synthetic set)."""
+
+    @field_validator("fields", "types", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return split_commas(value)
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        value = [t.upper() for t in value]
+        unknown = [t for t in value if t not in TYPES]
+        if unknown:
+            raise ValueError(f"unknown type {unknown[0]!r}; valid: {','.join(TYPES)}")
+        return value
+
+
+USAGE = "caregpt data deid --input RAW.jsonl --output CLEAN.jsonl [--key value ...] | --evaluate [LABELLED.jsonl]"
+SUMMARY = (
+    "Detect and mask personal identifiers (names in clinical context, resident ID numbers with checksum, phones, e-mails, "
+    "addresses, medical record / insurance numbers, exact dates) with typed placeholders such as [姓名1], consistent within "
+    "each record. Or, with --evaluate, print precision and recall per type on a labelled set."
+)
 
 
 def deidentify_file(source: Path, target: Path, fields: list[str] | None, types: tuple[str, ...], numbered: bool, keep_invalid: bool) -> dict:
@@ -74,11 +108,23 @@ def deidentify_file(source: Path, target: Path, fields: list[str] | None, types:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import ConfigError, load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("De-identification", DeidArgs)]))
+        return 0
+    try:
+        args = load_verb(argv, {"deid": DeidArgs}, verb="data deid", config_file=False)[0]["deid"]
+    except ConfigError as exc:
+        print(f"caregpt data deid: error: {exc}", file=sys.stderr)
+        return 2
     if args.evaluate is not None:
         from caregpt.data.deid_eval import main as evaluate_main
 
-        return evaluate_main(["--data", args.evaluate] if args.evaluate else [])
+        # a bare --evaluate arrives as the switch value "true": the shipped set
+        return evaluate_main(["--data", args.evaluate] if args.evaluate not in ("", "true") else [])
     if not args.input or not args.output:
         print("caregpt data deid: error: --input and --output are required (or use --evaluate)", file=sys.stderr)
         return 2
@@ -89,12 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if source.resolve() == target.resolve():
         print("caregpt data deid: error: --output must differ from --input (the original is kept for audit)", file=sys.stderr)
         return 2
-    types = tuple(t.strip().upper() for t in args.types.split(",") if t.strip())
-    unknown = [t for t in types if t not in TYPES]
-    if unknown:
-        print(f"caregpt data deid: error: unknown type {unknown[0]!r} in --types; valid: {','.join(TYPES)}", file=sys.stderr)
-        return 2
-    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
+    types = tuple(args.types)
+    fields = args.fields or None
     target.parent.mkdir(parents=True, exist_ok=True)
     report = deidentify_file(source, target, fields, types, not args.no_numbers, args.keep_invalid)
     if args.report:

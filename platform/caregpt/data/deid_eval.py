@@ -11,12 +11,14 @@ missed (ID, PHONE, EMAIL >= 0.95; NAME >= 0.85, strict).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
+
+from caregpt.config.specs import Spec
 from caregpt.data.deid_detect import TYPES, detect
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "resources" / "deid_eval" / "deid_labelled.jsonl"
@@ -95,19 +97,33 @@ def targets_met(result: dict) -> bool:
     return all(result["types"][k]["recall"] >= v for k, v in RECALL_TARGETS.items())
 
 
+class DeidEvalArgs(Spec):
+    data: str = str(DEFAULT_DATA)
+    """Labelled jsonl (default: the shipped set)."""
+
+    as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
+    """--json: print the result as JSON."""
+
+    show_errors: int = Field(default=0, ge=0)
+    """Also print the first N sentences with a missed or false span (prints sentence text: synthetic data only)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m caregpt.data.deid_eval", description="Precision and recall of de-identification per type.")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help=f"labelled jsonl (default: the shipped set, {DEFAULT_DATA.name})")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--show-errors", "--show_errors", type=int, default=0, metavar="N",
-                        help="also print the first N sentences with a missed or false span (prints sentence text: synthetic data only)")
-    args = parser.parse_args(argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import ConfigError, load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help("python -m caregpt.data.deid_eval [--data LABELLED.jsonl] [--json] [--show_errors N]",
+                          "Precision and recall of de-identification per type.", [("Evaluation", DeidEvalArgs)]))
+        return 0
     try:
+        args = load_verb(argv, {"deid_eval": DeidEvalArgs}, verb="data deid", config_file=False)[0]["deid_eval"]
         result = evaluate(load_labelled(args.data))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError: bad options exit 2 too
         print(f"deid evaluate: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "errors"}, ensure_ascii=False, indent=2))
     else:
         print(format_table(result))

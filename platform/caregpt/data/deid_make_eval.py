@@ -12,12 +12,14 @@ identifiers and are not labelled: they measure false positives.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
+import sys
 from datetime import date, timedelta
 from pathlib import Path
+
+from caregpt.config.specs import Spec
 
 OUTPUT = Path(__file__).resolve().parents[1] / "resources" / "deid_eval" / "deid_labelled.jsonl"
 
@@ -188,11 +190,27 @@ def build(seed: int = 20240512) -> list[dict]:
     return rows
 
 
+class MakeEvalArgs(Spec):
+    output: str = str(OUTPUT)
+    """Where to write the jsonl (default: the shipped set's path)."""
+
+    seed: int = 20240512
+    """Random seed."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m caregpt.data.deid_make_eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default=str(OUTPUT), help=f"where to write the jsonl (default: {OUTPUT})")
-    parser.add_argument("--seed", type=int, default=20240512, help="random seed (default: 20240512)")
-    args = parser.parse_args(argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import ConfigError, load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help("python -m caregpt.data.deid_make_eval [--output FILE] [--seed N]", __doc__.split("\n\n")[0], [("Options", MakeEvalArgs)]))
+        return 0
+    try:
+        args = load_verb(argv, {"make": MakeEvalArgs}, verb="data deid", config_file=False)[0]["make"]
+    except ConfigError as exc:
+        print(f"deid_make_eval: error: {exc}", file=sys.stderr)
+        return 2
     rows = build(args.seed)
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ Exit codes: 0 done; 1 a download or conversion failed, or records were invalid; 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -22,9 +21,13 @@ import urllib.parse
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
+from pydantic import AliasChoices, Field, field_validator
+
+from caregpt.config.specs import Spec
 
 from caregpt.data.fetch import DownloadError, fetch, sha256_of
 from caregpt.data.public_convert import CONVERTERS, convert
@@ -116,7 +119,7 @@ def merge_dataset_info(directory: Path, name: str, entry: dict[str, Any]) -> Pat
     return path
 
 
-def download_one(name: str, entry: dict[str, Any], directory: Path, args: argparse.Namespace) -> bool:
+def download_one(name: str, entry: dict[str, Any], directory: Path, args: SimpleNamespace) -> bool:
     """Fetch, convert and register one dataset; False when something failed (already reported)."""
     print(f"== {name}: {entry.get('description', '')} (licence: {entry['licence']})")
     raw_dir = directory / "raw" / name
@@ -173,37 +176,70 @@ def download_one(name: str, entry: dict[str, Any], directory: Path, args: argpar
     return result.invalid == 0 or args.allow_invalid
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt data download",
-        description="Download public medical datasets from their published locations (resumable, sha256-verified), convert "
-        "them into the platform's formats and register them in DIR/dataset_info.json. `--list` shows what is available.",
-        epilog="Licences differ (some are non-commercial or unstated): --list shows each; read the source's terms before use.")
-    parser.add_argument("names", nargs="*", metavar="NAME", help="dataset names from --list")
-    parser.add_argument("--list", action="store_true", help="list the datasets: name, kind, size, sha256 pinned or not, licence")
-    parser.add_argument("--dir", default="data", help="where data goes: DIR/raw/NAME/ downloads, DIR/NAME.jsonl, DIR/dataset_info.json (default: data)")
-    parser.add_argument("--sha256", help="expected sha256 of the (single) file of the one NAME given: overrides the registry; a mismatch is refused")
-    parser.add_argument("--force", action="store_true", help="download again even when DIR/raw/NAME already holds the file")
-    parser.add_argument("--registry", help="a registry YAML to use instead of the built-in one (same layout; e.g. a mirror's URLs)")
-    parser.add_argument("--retries", type=int, default=5, help="times a cut connection is resumed within one run (default 5)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a connection counts as cut (default 60)")
-    parser.add_argument("--allow-invalid", action="store_true", help="exit 0 even when some records were invalid (they are left out either way)")
-    return parser
+class DownloadArgs(Spec):
+    show_list: bool = Field(default=False, validation_alias=AliasChoices("list", "show_list"))
+    """--list: list the datasets: name, kind, size, sha256 pinned or not, licence."""
+
+    dir: str = "data"
+    """Where data goes: DIR/raw/NAME/ downloads, DIR/NAME.jsonl, DIR/dataset_info.json."""
+
+    sha256: str | None = None
+    """Expected sha256 (64 hex digits) of the (single) file of the one NAME given: overrides the registry; a mismatch
+    is refused."""
+
+    force: bool = False
+    """Download again even when DIR/raw/NAME already holds the file."""
+
+    registry: str | None = None
+    """A registry YAML to use instead of the built-in one (same layout; e.g. a mirror's URLs)."""
+
+    retries: int = Field(default=5, ge=0)
+    """Times a cut connection is resumed within one run."""
+
+    timeout: float = Field(default=60.0, gt=0)
+    """Seconds without data before a connection counts as cut."""
+
+    allow_invalid: bool = False
+    """Exit 0 even when some records were invalid (they are left out either way)."""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be 64 hex digits")
+        return value
+
+
+USAGE = "caregpt data download NAME [NAME ...] [--dir DIR] [--key value ...] | --list"
+SUMMARY = ("Download public medical datasets from their published locations (resumable, sha256-verified), convert them "
+           "into the platform's formats and register them in DIR/dataset_info.json. `--list` shows what is available.")
+EPILOG = "Licences differ (some are non-commercial or unstated): --list shows each; read the source's terms before use."
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import ConfigError, load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("Download", DownloadArgs)], EPILOG))
+        return 0
+    try:
+        parts, names, _ = load_verb(argv, {"download": DownloadArgs}, verb="data download", positional=1_000_000, config_file=False)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = SimpleNamespace(**parts["download"].model_dump(), names=names)
     try:
         registry = load_registry(args.registry)
     except (RegistryError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.list:
+    if args.show_list:
         print_list(registry)
         return 0
     if not args.names:
-        parser.print_usage(sys.stderr)
+        print(f"usage: {USAGE}", file=sys.stderr)
         print("error: name at least one dataset (see --list)", file=sys.stderr)
         return 2
     unknown = [n for n in args.names if n not in registry]
@@ -213,14 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         hints = [f"{n!r}" + (f" (did you mean {nearest_key(n, list(registry))!r}?)" if nearest_key(n, list(registry)) else "") for n in unknown]
         print(f"error: unknown dataset(s) {', '.join(hints)}; see `caregpt data download --list`", file=sys.stderr)
         return 2
-    if args.sha256 and not (len(args.sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in args.sha256)):
-        print(f"error: --sha256 must be 64 hex digits, got {args.sha256!r}", file=sys.stderr)
-        return 2
     if args.sha256 and (len(args.names) != 1 or len(registry[args.names[0]]["files"]) != 1):
         print("error: --sha256 pins one file: give exactly one NAME whose entry has a single file", file=sys.stderr)
-        return 2
-    if args.retries < 0 or args.timeout <= 0:
-        print("error: --retries must be >= 0 and --timeout > 0", file=sys.stderr)
         return 2
     directory = Path(args.dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)

@@ -10,62 +10,100 @@ ones) or fewer than 10 examples; 2 bad arguments, an unknown dataset or a datase
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
 
 from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec, split_commas
 from caregpt.data.openai_export import DEFAULT_MAX_TOKENS, export_openai_chat, validate_chat_file
 
-FORMATS = ("openai-chat", "preference")
+class ExportArgs(Spec):
+    format: Literal["openai-chat", "preference"] = "openai-chat"
+    """openai-chat: SFT datasets as chat JSONL; preference: the fine-tuning service's feedback ratings as OpenAI
+    preference (DPO) JSONL (chosen = suggested or up-rated answer, rejected = down-rated)."""
+
+    feedback: str | None = None
+    """--format preference: the fine-tuning service's state_dir (<storage_root>/state)."""
+
+    api_key_env: str | None = None
+    """--format preference: export only the ratings made with the API key in this environment variable."""
+
+    dataset: list[str] | None = None
+    """Dataset names from dataset_info.json, or data file paths, comma separated."""
+
+    dataset_dir: str = "data"
+    """Folder holding dataset_info.json."""
+
+    dataset_info: str | None = None
+    """Registry file instead of DATASET_DIR/dataset_info.json."""
+
+    output: str | None = None
+    """The JSONL to write."""
+
+    system: str | None = None
+    """System message for records that have none of their own."""
+
+    max_tokens_per_example: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
+    """Token limit of one example (gpt-4o / gpt-4o-mini; gpt-3.5-turbo: 16385)."""
+
+    tokenizer: str | None = None
+    """Local Hugging Face tokenizer folder to count tokens with (default: a deliberately high character estimate)."""
+
+    max_samples: int | None = Field(default=None, gt=0)
+    """Export at most this many records per dataset."""
+
+    last_turn_only: bool = False
+    """Train only on the last assistant turn: earlier assistant turns get "weight": 0."""
+
+    report: str | None = None
+    """Also write the report as JSON here."""
+
+    validate_file: str | None = Field(default=None, validation_alias=AliasChoices("validate", "validate_file"))
+    """--validate FILE: only validate an existing chat JSONL file."""
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return split_commas(value)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt data export",
-        description="Export registered SFT datasets (alpaca with history, sharegpt; resolved through dataset_info.json as "
-        "training does) to OpenAI's chat fine-tuning JSONL, validated as the service validates it: roles, order "
-        "(user/assistant alternating, ending with assistant), no empty content, a token limit per example. Records "
-        "that fail are reported with file:line and left out.",
-    )
-    parser.add_argument("--format", default="openai-chat", choices=FORMATS,
-                        help="openai-chat (default): SFT datasets as chat JSONL; preference: the fine-tuning service's feedback "
-                             "ratings as OpenAI preference (DPO) JSONL (chosen = suggested or up-rated answer, rejected = down-rated)")
-    parser.add_argument("--feedback", default=None, help="--format preference: the fine-tuning service's state_dir (default <storage_root>/state)")
-    parser.add_argument("--api_key_env", "--api-key-env", default=None,
-                        help="--format preference: export only the ratings made with the API key in this environment variable")
-    parser.add_argument("--dataset", help="dataset names from dataset_info.json, or data file paths, comma separated")
-    parser.add_argument("--dataset_dir", "--dataset-dir", default="data", help="folder holding dataset_info.json (default: data)")
-    parser.add_argument("--dataset_info", "--dataset-info", default=None, help="registry file instead of DATASET_DIR/dataset_info.json")
-    parser.add_argument("--output", help="the chat JSONL to write")
-    parser.add_argument("--system", default=None, help="system message for records that have none of their own")
-    parser.add_argument("--max_tokens_per_example", "--max-tokens-per-example", type=int, default=DEFAULT_MAX_TOKENS,
-                        help=f"token limit of one example (default {DEFAULT_MAX_TOKENS}, gpt-4o / gpt-4o-mini; gpt-3.5-turbo: 16385)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="local Hugging Face tokenizer folder to count tokens with (default: a deliberately high character estimate)")
-    parser.add_argument("--max_samples", "--max-samples", type=int, default=None, help="export at most this many records per dataset")
-    parser.add_argument("--last_turn_only", "--last-turn-only", action="store_true",
-                        help='train only on the last assistant turn: earlier assistant turns get "weight": 0')
-    parser.add_argument("--report", default=None, help="also write the report as JSON here")
-    parser.add_argument("--validate", metavar="FILE", default=None, help="only validate an existing chat JSONL file")
-    return parser
+USAGE = "caregpt data export [--format {openai-chat,preference}] [--key value ...]"
+SUMMARY = (
+    "Export registered SFT datasets (alpaca with history, sharegpt; resolved through dataset_info.json as training does) "
+    "to OpenAI's chat fine-tuning JSONL, validated as the service validates it: roles, order (user/assistant alternating, "
+    "ending with assistant), no empty content, a token limit per example. Records that fail are reported with file:line "
+    "and left out."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("Export", ExportArgs)]))
+        return 0
+    try:
+        args = load_verb(argv, {"export": ExportArgs}, verb="data export", config_file=False)[0]["export"]
+    except ConfigError as exc:
+        print(f"caregpt data export: error: {exc}", file=sys.stderr)
+        return 2
     if args.format == "preference":
         return _export_preference(args)
     try:
-        if args.validate:
-            if not Path(args.validate).is_file():
-                raise ConfigError(f"file not found: {args.validate}")
-            report = validate_chat_file(args.validate, args.max_tokens_per_example, args.tokenizer)
+        if args.validate_file:
+            if not Path(args.validate_file).is_file():
+                raise ConfigError(f"file not found: {args.validate_file}")
+            report = validate_chat_file(args.validate_file, args.max_tokens_per_example, args.tokenizer)
         else:
             if not args.dataset or not args.output:
                 raise ConfigError("--dataset and --output are required (or --validate FILE)")
-            datasets = [d.strip() for d in args.dataset.split(",") if d.strip()]
-            report = export_openai_chat(datasets, args.dataset_dir, args.output, dataset_info=args.dataset_info, system=args.system,
+            report = export_openai_chat(args.dataset, args.dataset_dir, args.output, dataset_info=args.dataset_info, system=args.system,
                                         max_tokens=args.max_tokens_per_example, tokenizer=args.tokenizer,
                                         max_samples=args.max_samples, last_turn_only=args.last_turn_only)
     except ConfigError as exc:
@@ -85,7 +123,7 @@ def _export_preference(args) -> int:
     try:
         if not args.feedback or not args.output:
             raise ConfigError("--format preference needs --feedback STATE_DIR and --output FILE")
-        if args.dataset or args.validate:
+        if args.dataset or args.validate_file:
             raise ConfigError("--format preference reads ratings from --feedback; --dataset / --validate belong to --format openai-chat")
         key = None
         if args.api_key_env:

@@ -13,37 +13,72 @@ or the API refused the request.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
+
+from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec
 from caregpt.data.openai_export import DEFAULT_MAX_TOKENS, validate_chat_file
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caregpt openai-finetune", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--training_file", "--training-file", required=True, help="chat fine-tuning JSONL (e.g. from `caregpt data export`)")
-    parser.add_argument("--validation_file", "--validation-file", default=None, help="optional validation JSONL in the same format")
-    parser.add_argument("--model", required=True, help="base model to fine-tune, e.g. gpt-4o-mini-2024-07-18")
-    parser.add_argument("--base_url", "--base-url", "--api_base", "--api-base", dest="base_url", default="https://api.openai.com/v1",
-                        help="OpenAI-compatible API, e.g. caregpt's own app with `finetune:` set (default: https://api.openai.com/v1)")
-    parser.add_argument("--api_key_env", "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (default: OPENAI_API_KEY)")
-    parser.add_argument("--suffix", default=None, help="up to 64 characters added to the fine-tuned model's name")
-    parser.add_argument("--n_epochs", "--n-epochs", type=int, default=None, help="training epochs (default: the service chooses)")
-    parser.add_argument("--seed", type=int, default=None, help="training seed, for reproducible jobs")
-    parser.add_argument("--max_tokens_per_example", "--max-tokens-per-example", type=int, default=DEFAULT_MAX_TOKENS,
-                        help=f"token limit used by the local check (default {DEFAULT_MAX_TOKENS})")
-    parser.add_argument("--wait", action="store_true", help="poll the job until it succeeds, fails or is cancelled")
-    parser.add_argument("--poll_interval", "--poll-interval", type=float, default=30.0, help="seconds between polls with --wait (default 30)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per API request (default 120)")
-    parser.add_argument("--max_retries", "--max-retries", type=int, default=3, help="retries per API request (the client's own backoff; default 3)")
-    parser.add_argument("--skip_validation", "--skip-validation", action="store_true", help="upload without the local format check")
-    return parser
+class FinetuneArgs(Spec):
+    training_file: str
+    """Chat fine-tuning JSONL (e.g. from `caregpt data export`)."""
+
+    validation_file: str | None = None
+    """Optional validation JSONL in the same format."""
+
+    model: str
+    """Base model to fine-tune, e.g. gpt-4o-mini-2024-07-18."""
+
+    base_url: str = Field(default="https://api.openai.com/v1", validation_alias=AliasChoices("base_url", "api_base"))
+    """OpenAI-compatible API, e.g. caregpt's own app with `finetune:` set."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key (never printed)."""
+
+    suffix: str | None = None
+    """Up to 64 characters added to the fine-tuned model's name."""
+
+    n_epochs: int | None = Field(default=None, gt=0)
+    """Training epochs (default: the service chooses)."""
+
+    seed: int | None = None
+    """Training seed, for reproducible jobs."""
+
+    max_tokens_per_example: int = Field(default=DEFAULT_MAX_TOKENS, gt=0)
+    """Token limit used by the local check."""
+
+    wait: bool = False
+    """Poll the job until it succeeds, fails or is cancelled."""
+
+    poll_interval: float = Field(default=30.0, gt=0)
+    """Seconds between polls with --wait."""
+
+    timeout: float = Field(default=120.0, gt=0)
+    """Seconds per API request."""
+
+    max_retries: int = Field(default=3, ge=0)
+    """Retries per API request (the client's own backoff)."""
+
+    skip_validation: bool = False
+    """Upload without the local format check."""
+
+
+USAGE = "caregpt openai-finetune --training_file FILE --model MODEL [--key value ...]"
+
+
+def _parse(argv: list[str]) -> FinetuneArgs:
+    from caregpt.config.loader import load_verb
+
+    return load_verb(argv, {"finetune": FinetuneArgs}, verb="openai-finetune", config_file=False)[0]["finetune"]
 
 
 def _check(path: str, max_tokens: int) -> str | None:
@@ -62,7 +97,18 @@ def _job_summary(job) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        from caregpt.config.help import render_help
+
+        parts = (__doc__ or "").split("\n\n")
+        print(render_help(USAGE, parts[0] + "\n\n" + parts[2].strip(), [("Fine-tuning job", FinetuneArgs)]))
+        return 0
+    try:
+        args = _parse(argv)
+    except ConfigError as exc:
+        print(f"caregpt openai-finetune: error: {exc}", file=sys.stderr)
+        return 2
     api_key = os.environ.get(args.api_key_env, "")
     if not api_key:
         print(f"caregpt openai-finetune: error: set the API key in the environment variable {args.api_key_env} (--api_key_env)", file=sys.stderr)

@@ -8,12 +8,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
 
 from caregpt._extras import require
+from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec, split_commas
 from caregpt.kb.base import KnowledgeBase, KnowledgeBaseError
 from caregpt.kb.loaders import SUPPORTED_SUFFIXES
 
@@ -31,37 +36,91 @@ examples:
   caregpt kb info --kb kb/guides"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt kb", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    verbs = parser.add_subparsers(dest="verb", metavar="{ingest,search,info}")
+class KbArgs(Spec):
+    kb: str
+    """Knowledge base directory (ingest creates it if missing)."""
 
-    ingest = verbs.add_parser("ingest", help="add or update files and folders", description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    ingest.add_argument("--kb", required=True, help="knowledge base directory (created if missing)")
-    ingest.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS", help="files, or folders read recursively")
-    ingest.add_argument("--chunk-size", type=int, help="max characters per chunk (default 300; fixed at creation)")
-    ingest.add_argument("--overlap", type=int, help="characters shared by consecutive chunks (default 50)")
-    ingest.add_argument("--fields", help="comma-separated json/jsonl fields holding the text (default: content)")
-    ingest.add_argument("--embed-model", metavar="DIR", help="local Hugging Face encoder directory for dense vectors")
-    ingest.add_argument("--embed-url", metavar="URL", help="OpenAI-compatible base URL (http://host:port/v1) for /embeddings")
-    ingest.add_argument("--embed-name", metavar="MODEL", help="model name sent to --embed-url")
-    ingest.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's key")
-    ingest.add_argument("--prune", action="store_true", help="remove files that were ingested before and no longer exist")
-    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    search = verbs.add_parser("search", help="retrieve the best chunks for a query")
-    search.add_argument("--kb", required=True, help="knowledge base directory")
-    search.add_argument("query")
-    search.add_argument("-k", type=int, default=5, help="number of chunks (default 5)")
-    search.add_argument("--mode", default="auto", choices=("auto", "bm25", "dense", "hybrid"),
-                        help="auto: hybrid when the knowledge base has vectors, else bm25")
-    search.add_argument("--json", action="store_true", help="print hits as JSON")
+class IngestArgs(KbArgs):
+    chunk_size: int | None = None
+    """Max characters per chunk (default 300; fixed at creation)."""
 
-    info = verbs.add_parser("info", help="counts, chunking settings and encoder of a knowledge base")
-    info.add_argument("--kb", required=True, help="knowledge base directory")
-    return parser
+    overlap: int | None = None
+    """Characters shared by consecutive chunks (default 50)."""
+
+    fields: list[str] | None = None
+    """Comma-separated json/jsonl fields holding the text (default: content)."""
+
+    embed_model: str | None = None
+    """Local Hugging Face encoder directory for dense vectors."""
+
+    embed_url: str | None = None
+    """OpenAI-compatible base URL (http://host:port/v1) for /embeddings."""
+
+    embed_name: str | None = None
+    """Model name sent to --embed-url."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's key."""
+
+    prune: bool = False
+    """Remove files that were ingested before and no longer exist."""
+
+    as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
+    """--json: print the report as JSON."""
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return split_commas(value)
+
+
+class SearchArgs(KbArgs):
+    k: int = Field(default=5, gt=0)
+    """-k: number of chunks."""
+
+    mode: Literal["auto", "bm25", "dense", "hybrid"] = "auto"
+    """auto: hybrid when the knowledge base has vectors, else bm25."""
+
+    as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
+    """--json: print hits as JSON."""
+
+
+# verb -> (spec, positional arguments allowed, usage, one-line help)
+VERBS = {
+    "ingest": (IngestArgs, 1_000_000, "caregpt kb ingest --kb DIR FILES_OR_DIRS... [--key value ...]", "add or update files and folders"),
+    "search": (SearchArgs, 1, 'caregpt kb search --kb DIR "QUERY" [-k 5] [--mode auto|bm25|dense|hybrid] [--json]',
+               "retrieve the best chunks for a query"),
+    "info": (KbArgs, 0, "caregpt kb info --kb DIR", "counts, chunking settings and encoder of a knowledge base"),
+}
+USAGE = "caregpt kb {ingest,search,info} ..."
+
+
+def _help(verb: str | None) -> str:
+    from caregpt.config.help import render_help
+
+    if verb is None:
+        lines = [f"  {name:<7} {text}" for name, (_, _, _, text) in VERBS.items()]
+        return render_help(USAGE, DESCRIPTION, [], "verbs:\n" + "\n".join(lines) + "\n\n`caregpt kb VERB --help` lists its options.")
+    spec, _, usage, text = VERBS[verb]
+    return render_help(usage, DESCRIPTION, [(verb.capitalize(), spec)])
+
+
+def _parse(verb: str, argv: list[str]):
+    from caregpt.config.loader import load_verb
+
+    spec, count, _, _ = VERBS[verb]
+    parts, positional, _ = load_verb(argv, {verb: spec}, verb=f"kb {verb}", positional=count, config_file=False)
+    args = SimpleNamespace(**parts[verb].model_dump(), verb=verb)
+    if verb == "ingest":
+        if not positional:
+            raise ConfigError("ingest needs FILES_OR_DIRS: files, or folders read recursively")
+        args.inputs = positional
+    if verb == "search":
+        if not positional:
+            raise ConfigError('search needs the query: caregpt kb search --kb DIR "QUERY"')
+        args.query = positional[0]
+    return args
 
 
 def _encoder(args):
@@ -86,12 +145,12 @@ def _encoder(args):
 def _ingest(args) -> int:
     from caregpt.kb.ingest import ingest
 
-    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
+    fields = args.fields or None
     try:
         report = ingest(args.kb, args.inputs, args.chunk_size, args.overlap, fields, _encoder(args), args.prune)
     except ValueError as err:  # chunk settings out of range
         raise KnowledgeBaseError(str(err)) from None
-    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if args.json else report.summary())
+    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if args.as_json else report.summary())
     nothing_usable = not (report.added or report.updated or report.unchanged or report.removed)
     return 1 if nothing_usable and report.skipped else 0
 
@@ -103,7 +162,7 @@ def _search(args) -> int:
               file=sys.stderr)
         return 1
     hits = kb.search(args.query, args.k, args.mode)
-    if args.json:
+    if args.as_json:
         print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=2))
         return 0
     if not hits:
@@ -120,13 +179,23 @@ def _info(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `caregpt kb ...`; returns the exit code (0 ok, 1 failed or nothing found to use, 2 usage)."""
-    parser = _parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.verb is None:
-        parser.print_help()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv and argv[0] in VERBS else None
+    if any(a in ("-h", "--help") for a in argv):
+        print(_help(verb))
+        return 0
+    if not argv:
+        print(_help(None))
         return 2
-    if getattr(args, "k", 1) <= 0:
-        parser.error("-k must be a positive number")
+    if verb is None:
+        shown = f"unknown verb {argv[0]!r}; " if argv else ""
+        print(f"caregpt kb: error: {shown}choose one of ingest, search, info (`caregpt kb --help`)", file=sys.stderr)
+        return 2
+    try:
+        args = _parse(verb, argv[1:])
+    except ConfigError as exc:
+        print(f"caregpt kb {verb}: error: {exc}", file=sys.stderr)
+        return 2
     # every verb ends in (or checks) the BM25 index: without the [kb] extra say so before any work
     require("bm25s", extra="kb", purpose="the knowledge base (caregpt kb)")
     try:

@@ -7,10 +7,15 @@ test split (never tuned on) side by side, per category, next to baselines.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+
+from caregpt.config.loader import ConfigError
+from caregpt.config.specs import Spec, split_commas
 
 from caregpt.medical.catalog import CatalogError
 
@@ -26,41 +31,94 @@ examples:
   caregpt eval --task deid --data my_labelled.jsonl"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt eval", description="Evaluate department triage or the safety guard.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--task", required=True, choices=("triage", "safety", "deid"))
-    parser.add_argument("--data", nargs="+", metavar="FILE", help="triage: JSONL records with a 'department' label; "
-                        "deid: labelled JSONL ({text, spans, category}); default for deid: the shipped dev and test sets")
-    parser.add_argument("--guides", metavar="PATH", help="triage: department guide JSON (see `caregpt triage --help`)")
-    parser.add_argument("--catalog", metavar="PATH", help="triage: department tree text (default: beside --guides)")
-    parser.add_argument("--limit", type=int, help="triage: first N records of each file")
-    parser.add_argument("--no-expand", action="store_true", help="triage: retrieval without lay-term expansion")
-    parser.add_argument("--train", nargs="+", metavar="FILE", help="triage: train the department classifier on the dev "
-                        "parts of these files (default: the shipped model, trained on a dev-split sample)")
-    parser.add_argument("--no-classifier", action="store_true", help="triage: retrieval only")
-    parser.add_argument("--probes", metavar="FILE", help="safety: probe JSONL (default: the shipped dev and frozen test sets)")
-    parser.add_argument("--guard-model", metavar="MODEL", help="safety: also ask this served model as the LLM judge")
-    parser.add_argument("--guard-base-url", metavar="URL", help="safety: OpenAI-compatible base URL of --guard-model")
-    parser.add_argument("--emergency-number", default="120", help="safety: emergency number in the guard's advice")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser
+FILES = {"nargs": "+"}  # `--data a.jsonl b.jsonl`, as before; commas work too
+
+
+class MedicalEvalArgs(Spec):
+    task: Literal["triage", "safety", "deid"]
+    """What to evaluate: department triage, the safety guard, or de-identification."""
+
+    data: list[str] | None = Field(default=None, json_schema_extra=FILES)
+    """triage: JSONL records with a 'department' label; deid: labelled JSONL ({text, spans, category}); default for
+    deid: the shipped dev and test sets. Several files: --data A B (or A,B)."""
+
+    guides: str | None = None
+    """triage: department guide JSON (see `caregpt triage --help`)."""
+
+    catalog: str | None = None
+    """triage: department tree text (default: beside --guides)."""
+
+    limit: int | None = Field(default=None, gt=0)
+    """triage: first N records of each file."""
+
+    no_expand: bool = False
+    """triage: retrieval without lay-term expansion."""
+
+    train: list[str] | None = Field(default=None, json_schema_extra=FILES)
+    """triage: train the department classifier on the dev parts of these files (default: the shipped model,
+    trained on a dev-split sample)."""
+
+    no_classifier: bool = False
+    """triage: retrieval only."""
+
+    probes: str | None = None
+    """safety: probe JSONL (default: the shipped dev and frozen test sets)."""
+
+    guard_model: str | None = None
+    """safety: also ask this served model as the LLM judge."""
+
+    guard_base_url: str | None = None
+    """safety: OpenAI-compatible base URL of --guard-model."""
+
+    emergency_number: str = "120"
+    """safety: emergency number in the guard's advice."""
+
+    as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
+    """--json: print the report as JSON."""
+
+    @field_validator("data", "train", mode="before")
+    @classmethod
+    def _files(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [part for item in value for part in (split_commas(item) if isinstance(item, str) else [item])]
+        return split_commas(value)
+
+
+USAGE = "caregpt eval --task {triage,safety,deid} [--key value ...]"
+SUMMARY = "Evaluate department triage, the safety guard or de-identification."
+
+
+def _parse(argv: list[str]) -> MedicalEvalArgs:
+    from caregpt.config.loader import load_verb
+
+    args = load_verb(argv, {"eval": MedicalEvalArgs}, verb="eval", config_file=False)[0]["eval"]
+    if args.task == "triage":
+        if not args.data or not args.guides:
+            raise ConfigError("--task triage needs --data FILES and --guides PATH")
+        if args.train and args.no_classifier:
+            raise ConfigError("--train and --no-classifier contradict each other")
+    if args.task == "safety" and bool(args.guard_model) != bool(args.guard_base_url):
+        raise ConfigError("--guard-model and --guard-base-url go together")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one evaluation and print its report; returns 0, 1 on bad input files, 2 on usage errors."""
-    parser = _parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from caregpt.config.help import render_help
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(USAGE, SUMMARY, [("Medical evaluation", MedicalEvalArgs)], EPILOG))
+        return 0
+    try:
+        args = _parse(argv)
+    except ConfigError as exc:
+        print(f"caregpt eval: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.task == "triage":
-            if not args.data or not args.guides:
-                parser.error("--task triage needs --data FILES and --guides PATH")
             from caregpt.medical.triage_eval import evaluate_triage
 
-            if args.train and args.no_classifier:
-                parser.error("--train and --no-classifier contradict each other")
             report = evaluate_triage(args.data, args.guides, args.catalog, args.limit, expand=not args.no_expand,
                                      train_files=args.train, classifier=None if args.no_classifier else "default")
         elif args.task == "deid":
@@ -68,8 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             report = evaluate_splits(args.data)
         else:
-            if bool(args.guard_model) != bool(args.guard_base_url):
-                parser.error("--guard-model and --guard-base-url go together")
             from caregpt.medical.guard import GuardConfig, SafetyGuard
             from caregpt.medical.guard_eval import SplitReport, evaluate_guard, load_probes
 
@@ -80,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CatalogError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if args.json else report.format())
+    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if args.as_json else report.format())
     return 0
 
 

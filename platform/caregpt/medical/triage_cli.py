@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 
+from pydantic import AliasChoices, Field
+
+from caregpt.config.specs import Spec
 from caregpt.kb.http import EndpointError
 from caregpt.medical.catalog import CatalogError, load_catalog
 
@@ -19,36 +21,59 @@ with a served model re-ranking the retrieved departments:
 Triage is guidance for choosing a department, not a diagnosis; for an emergency call the local emergency number."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caregpt triage",
-        description="Recommend hospital departments (导诊) for a description of symptoms, by retrieval over the "
-        "department guides and, optionally, re-ranking by a served model.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("text", help="the symptoms, in the patient's words")
-    parser.add_argument("--guides", required=True, metavar="PATH",
-                        help="department guide JSON: a list of {\"content\": ...}, one per catalog department")
-    parser.add_argument("--catalog", metavar="PATH", help="department tree text (default: hospital_guide_catalog.txt beside --guides)")
-    parser.add_argument("-k", type=int, default=3, help="number of departments (default 3)")
-    parser.add_argument("--no-expand", action="store_true", help="do not add clinical terms for lay words")
-    parser.add_argument("--embed-model", metavar="DIR", help="local encoder directory: hybrid BM25 + dense retrieval")
-    parser.add_argument("--base-url", help="OpenAI-compatible base URL of a served model (http://host:port/v1)")
-    parser.add_argument("--model", help="the served model's name (with --base-url)")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's key")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    return parser
+class TriageArgs(Spec):
+    guides: str
+    """Department guide JSON: a list of {"content": ...}, one per catalog department."""
+
+    catalog: str | None = None
+    """Department tree text (default: hospital_guide_catalog.txt beside --guides)."""
+
+    k: int = Field(default=3, gt=0)
+    """-k: number of departments."""
+
+    no_expand: bool = False
+    """Do not add clinical terms for lay words."""
+
+    embed_model: str | None = None
+    """Local encoder directory: hybrid BM25 + dense retrieval."""
+
+    base_url: str | None = None
+    """OpenAI-compatible base URL of a served model (http://host:port/v1)."""
+
+    model: str | None = None
+    """The served model's name (with --base-url)."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's key."""
+
+    as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
+    """--json: print the result as JSON."""
+
+
+USAGE = 'caregpt triage "SYMPTOMS" --guides PATH [--catalog PATH] [-k K] [--no-expand] [--key value ...]'
+SUMMARY = ("Recommend hospital departments (导诊) for a description of symptoms, by retrieval over the department guides "
+           "and, optionally, re-ranking by a served model.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `caregpt triage`; returns 0 on success, 1 on a bad guide/catalog file, 2 on usage errors."""
-    parser = _parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.k <= 0:
-        parser.error("-k must be a positive number")
-    if bool(args.base_url) != bool(args.model):
-        parser.error("--base-url and --model go together")
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import ConfigError, load_verb
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(USAGE, SUMMARY, [("Triage", TriageArgs)], EPILOG))
+        return 0
+    try:
+        parts, positional, _ = load_verb(argv, {"triage": TriageArgs}, verb="triage", positional=1, config_file=False)
+        if not positional:
+            raise ConfigError('the symptom text is required: caregpt triage "症状描述" --guides PATH')
+        args, text = parts["triage"], positional[0]
+        if bool(args.base_url) != bool(args.model):
+            raise ConfigError("--base-url and --model go together")
+    except ConfigError as exc:
+        print(f"caregpt triage: error: {exc}", file=sys.stderr)
+        return 2
     from caregpt.medical.triage import DepartmentTriage
     from caregpt.medical.triage_model import TriageModel
 
@@ -61,13 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             encoder = LocalEncoder(args.embed_model)
         triage = DepartmentTriage(catalog, encoder=encoder, expand=not args.no_expand)
         model = TriageModel(args.base_url, args.model, args.api_key_env) if args.base_url else None
-        result = triage.recommend(args.text, args.k, model)
+        result = triage.recommend(text, args.k, model)
     except (CatalogError, FileNotFoundError, EndpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:
-        parser.error(str(err))
-    if args.json:
+        print(f"caregpt triage: error: {err}", file=sys.stderr)
+        return 2
+    if args.as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return 0
     for number, rec in enumerate(result.recommendations, start=1):

@@ -25,7 +25,6 @@ then exits (:meth:`FrontProxy.drain`).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import itertools
@@ -34,10 +33,14 @@ import logging
 import re
 import resource
 import signal
+import sys
 import threading
 import time
 
 import h11
+from pydantic import Field
+
+from caregpt.config.specs import Spec
 
 logger = logging.getLogger("caregpt.serve.front")
 
@@ -263,17 +266,55 @@ def _address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+class FrontArgs(Spec):
+    listen: str
+    """HOST:PORT clients connect to (e.g. 0.0.0.0:8000)."""
+
+    upstream: str
+    """HOST:PORT of Ray Serve's HTTP proxy (e.g. 127.0.0.1:8001)."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Close connections whose headers are not complete after this many seconds."""
+
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """408 when the body has not arrived this many seconds after the headers."""
+
+    response_timeout_s: float = Field(default=660.0, gt=0)
+    """Give up on an upstream response silent this long."""
+
+    max_connections: int = Field(default=10000, ge=1)
+    """Open client connections; at the cap the oldest one without headers is closed."""
+
+    max_request_bytes: int = Field(default=1_048_576, gt=0)
+    """413 above this body size (default 1 MiB)."""
+
+    drain_timeout_s: float = Field(default=25.0, ge=0)
+    """On SIGTERM, how long forwarded requests may finish."""
+
+
+FRONT_USAGE = "python -m caregpt.serve.front --listen HOST:PORT --upstream HOST:PORT [--key value ...]"
+
+
+def parse_args(argv: list[str]) -> FrontArgs:
+    from caregpt.config.loader import load_verb
+
+    return load_verb(argv, {"front": FrontArgs}, verb="serve", config_file=False)[0]["front"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m caregpt.serve.front", description="caregpt's HTTP front proxy: header/body timeouts and a connection cap before Ray Serve's proxy.")
-    parser.add_argument("--listen", required=True, help="HOST:PORT clients connect to (e.g. 0.0.0.0:8000)")
-    parser.add_argument("--upstream", required=True, help="HOST:PORT of Ray Serve's HTTP proxy (e.g. 127.0.0.1:8001)")
-    parser.add_argument("--header-timeout-s", type=float, default=10.0, help="close connections whose headers are not complete after this long (default 10)")
-    parser.add_argument("--body-timeout-s", type=float, default=30.0, help="408 when the body has not arrived this long after the headers (default 30)")
-    parser.add_argument("--response-timeout-s", type=float, default=660.0, help="give up on an upstream response silent this long (default 660)")
-    parser.add_argument("--max-connections", type=int, default=10000, help="open client connections; at the cap the oldest one without headers is closed (default 10000)")
-    parser.add_argument("--max-request-bytes", type=int, default=1_048_576, help="413 above this body size (default 1 MiB)")
-    parser.add_argument("--drain-timeout-s", type=float, default=25.0, help="on SIGTERM, how long forwarded requests may finish (default 25)")
-    args = parser.parse_args(argv)
+    from caregpt.config.help import render_help
+    from caregpt.config.loader import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(render_help(FRONT_USAGE, "caregpt's HTTP front proxy: header/body timeouts and a connection cap before Ray Serve's proxy.",
+                          [("Front proxy", FrontArgs)]))
+        return 0
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:
+        print(f"caregpt front: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     proxy = FrontProxy(_address(args.upstream), header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s, response_timeout_s=args.response_timeout_s,
                        max_connections=args.max_connections, max_request_bytes=args.max_request_bytes)
