@@ -10,7 +10,12 @@ import pytest
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_ray_cluster_in_unit_tests():
+    def running() -> bool:
+        ray = sys.modules.get("ray")  # importing ray (for its schemas) is fine; starting it is not
+        return ray is not None and ray.is_initialized()
+
+    # in a whole-suite run the Ray tests' session cluster may already be up: only a Ray the unit tests started counts
+    before = running()
     yield
-    ray = sys.modules.get("ray")  # importing ray (for its schemas) is fine; starting it is not
-    if ray is not None and ray.is_initialized():
+    if not before and running():
         pytest.fail("a unit test started Ray: move it to tests/ray or tests/e2e")
