@@ -11,32 +11,19 @@ nothing hides 0% and alters 0 look-alike records.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from caregpt.data.deid_detect import detect
+from caregpt.data.deid_eval import load_labelled
 
 SETS = Path(__file__).resolve().parents[1] / "resources" / "deid_eval"
 TARGETS = {"names": "names hidden >= 92%", "identifiers": "all hidden", "lookalikes": "0 records altered"}
 
 
 def load(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            text, spans = row["text"], row["spans"]
-            for span in spans:
-                if text[span["start"]:span["end"]] != span["text"]:
-                    raise ValueError(f"span {span} does not match the text")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{number}: not a labelled PHI record ({exc}); expected "
-                             "{\"text\", \"spans\": [{start, end, type, text}], \"category\"}") from None
-        rows.append(row)
-    return rows
+    """The labelled records of one split (the same format and checks as `caregpt data deid --evaluate`)."""
+    return load_labelled(path)
 
 
 def score(rows: list[dict]) -> dict:
