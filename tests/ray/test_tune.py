@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,19 +66,28 @@ def _write_yaml(tmp_path: Path, model: str, test_data: Path, **search) -> Path:
     return path
 
 
-def _interrupt_after_first_finished(trials_dir: Path) -> threading.Thread:
-    """Stop the experiment the way Ctrl+C does (Tune also listens on SIGUSR1) once a trial has finished."""
+def _ctrl_c_after_first_finished(config: Path, trials_dir: Path, ray_address: str) -> subprocess.CompletedProcess:
+    """`caregpt tune CONFIG` in its own process, stopped with a real Ctrl+C (SIGINT) once a trial has finished.
 
-    def watch():
+    A separate process, as a user's terminal is: a signal sent into the test process itself lands in
+    whatever Ray call the main thread is blocked in, which is not what a user's Ctrl+C exercises.
+    """
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
+    log = trials_dir.parent.parent / "interrupted-run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "caregpt.cli", "tune", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 400
-        while time.time() < deadline and not list(trials_dir.glob("*/all_results.json")):
+        while time.time() < deadline and proc.poll() is None and not list(trials_dir.glob("*/all_results.json")):
             time.sleep(0.5)
         time.sleep(5)  # let Tune record the trial as finished before the experiment stops
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+        assert proc.poll() is None, f"the run ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"Ctrl+C did not end the run within 180 s:\n{log.read_text()[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), "")
 
 
 def test_grid_search_interrupted_resumed_and_best_config_retrained(ray_local, tiny_model, test_data, tmp_path):
@@ -92,15 +102,13 @@ def test_grid_search_interrupted_resumed_and_best_config_retrained(ray_local, ti
     timings = {}
 
     start = time.time()
-    watcher = _interrupt_after_first_finished(out / "trials")
-    first = run_tune(base_values, spec)
-    watcher.join(timeout=10)
+    first = _ctrl_c_after_first_finished(path, out / "trials", ray_local.get_runtime_context().gcs_address)
     timings["interrupted run"] = time.time() - start
-    states = {r.trial_id: r.state for r in first.summary.rows}
-    done_before = [r for r in first.summary.rows if r.state == "finished"]
-    assert done_before, states
-    assert "unfinished" in states.values() or len(states) < 4, states  # it really was interrupted
-    kept = {r.trial_id: (out / "trials" / r.trial_id / "all_results.json").stat().st_mtime_ns for r in done_before}
+    assert first.returncode == 130, first.stdout[-3000:]  # the CLI's "interrupted" exit status, as a shell's Ctrl+C
+    assert "run the same command again to resume" in first.stdout, first.stdout[-3000:]
+    done_before = sorted((out / "trials").glob("*/all_results.json"))
+    assert 0 < len(done_before) < 4, done_before  # one trial finished, and it really was interrupted
+    kept = {p.parent.name: p.stat().st_mtime_ns for p in done_before}
 
     start = time.time()
     outcome = run_tune(base_values, spec)  # the same experiment: restored, not started over
