@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 # Key roles, declared once per field (``Annotated[type, key(...)]``) and read by resume naming
 # (train/launch.py), Ray Tune (tune/space.py) and the tokenized cache (data/prepare.py):
@@ -45,6 +45,22 @@ T = TypeVar("T")
 # A list option that also takes `a,b` (flags, environment variables): `CommaList[str]`, `CommaList[float] | None`.
 # The split lives in the type, so a field keeps it wherever it goes (a `pick`ed copy of a spec included).
 CommaList = Annotated[list[T], BeforeValidator(split_commas)]
+
+
+def _four_or_eight(value: int | None) -> int | None:
+    if value not in (None, 4, 8):
+        raise ValueError("must be 4 or 8 (bitsandbytes k-bit quantisation)")
+    return value
+
+
+# quantization_bit of every spec that loads a model (run config, serve): the check travels with the type
+QuantizationBit = Annotated[int | None, AfterValidator(_four_or_eight)]
+
+
+def adopt_adapter_alias(spec: BaseModel) -> None:
+    """adapter_name_or_path (LLaMA-Factory's spelling) fills an unset checkpoint_dir (CareGPT's)."""
+    if spec.adapter_name_or_path and not spec.checkpoint_dir:
+        object.__setattr__(spec, "checkpoint_dir", spec.adapter_name_or_path)
 
 
 class Spec(BaseModel):

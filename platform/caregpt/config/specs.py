@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 # Spec, key, split_commas and pick are imported from here by many verbs: this module re-exports them
-from caregpt.config.fields import CommaList, Spec, key, split_commas  # noqa: F401
+from caregpt.config.fields import CommaList, QuantizationBit, Spec, adopt_adapter_alias, key, split_commas  # noqa: F401
 from caregpt.config.generation import GenerationArgs
 from caregpt.config.pick import pick  # noqa: F401
 
@@ -37,7 +37,7 @@ class ModelArgs(Spec):
     use_fast_tokenizer: Annotated[bool, DATA] = True
     """Use the Rust (fast) tokenizer."""
 
-    quantization_bit: int | None = None
+    quantization_bit: QuantizationBit = None
     """Load the base model quantised to 4 or 8 bits with bitsandbytes (QLoRA); requires finetuning_type lora."""
 
     quantization_type: Literal["nf4", "fp4"] = "nf4"
@@ -52,17 +52,9 @@ class ModelArgs(Spec):
     use_cache: Annotated[bool, OPS] = False
     """Keep the KV cache during training (accepted for compatibility; training turns it off)."""
 
-    @field_validator("quantization_bit")
-    @classmethod
-    def _bits(cls, value: int | None) -> int | None:
-        if value not in (None, 4, 8):
-            raise ValueError("must be 4 or 8 (bitsandbytes k-bit quantisation)")
-        return value
-
     @model_validator(mode="after")
     def _merge_adapter_alias(self) -> ModelArgs:
-        if self.adapter_name_or_path and not self.checkpoint_dir:
-            object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        adopt_adapter_alias(self)
         return self
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from caregpt.config.loader import ConfigError, read_yaml
-from caregpt.config.fields import CommaList, key, split_commas
+from caregpt.config.fields import CommaList, QuantizationBit, adopt_adapter_alias, key, split_commas
 from caregpt.finetune.settings import FinetuneSettings, parse_finetune
 
 API_KEYS_ENV = "CAREGPT_API_KEYS"
@@ -53,7 +53,7 @@ class ServeConfig(BaseModel):
     trust_remote_code: bool = False
     """Allow model code shipped inside the model directory to run. Off unless you trust the source."""
 
-    quantization_bit: int | None = None
+    quantization_bit: QuantizationBit = None
     """Load the model quantised to 4 or 8 bits with bitsandbytes."""
 
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
@@ -254,17 +254,9 @@ class ServeConfig(BaseModel):
     def _finetune(cls, value: Any) -> Any:
         return parse_finetune(value)
 
-    @field_validator("quantization_bit")
-    @classmethod
-    def _bits(cls, value: int | None) -> int | None:
-        if value not in (None, 4, 8):
-            raise ValueError("must be 4 or 8")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
-        if self.adapter_name_or_path and not self.checkpoint_dir:
-            object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        adopt_adapter_alias(self)
         if self.checkpoint_dir and self.finetuning_type != "lora":
             raise ValueError(f"finetuning_type={self.finetuning_type} with checkpoint_dir: a {self.finetuning_type} fine-tune is a "
                              "whole model, pass it as --model_name_or_path (checkpoint_dir holds LoRA adapters)")
