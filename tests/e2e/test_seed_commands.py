@@ -163,14 +163,17 @@ def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float) -> N
         time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+def _stop(proc: subprocess.Popen, within_s: float = 60) -> None:
+    """Ctrl+C, as a user stops a demo: the process must end by itself, promptly."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        raise AssertionError(f"still running {within_s:.0f} s after Ctrl+C") from None
 
 
 def test_api_demo_and_the_readme_curl(scratch):

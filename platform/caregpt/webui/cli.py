@@ -112,4 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    finally:
+        if engine is not None:  # its generation thread would keep the process alive after Ctrl-C
+            engine.local.close()
     return 0
