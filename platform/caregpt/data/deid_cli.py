@@ -17,11 +17,10 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from pydantic import field_validator
 
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.fields import CommaList, Spec
 
 from caregpt.data.deid import DEFAULT_FIELDS, deidentify_record
 from caregpt.data.deid_detect import TYPES
@@ -36,11 +35,11 @@ class DeidArgs(Spec):
     output: str | None = None
     """Where the masked jsonl goes (must differ from --input)."""
 
-    fields: list[str] | None = None
+    fields: CommaList[str] | None = None
     """Comma-separated text fields to mask (default: instruction,input,output,history...); lists (history, [chosen,
     rejected]) and message lists (conversations: value / content) are walked."""
 
-    types: list[str] = list(TYPES)
+    types: CommaList[str] = list(TYPES)
     """Identifier types to mask, comma separated (default: all)."""
 
     no_numbers: bool = False
@@ -55,11 +54,6 @@ class DeidArgs(Spec):
     evaluate: str | None = None
     """--evaluate [LABELLED.jsonl]: print precision / recall per type on a labelled jsonl (bare: the shipped
     synthetic set)."""
-
-    @field_validator("fields", "types", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return split_commas(value)
 
     @field_validator("types")
     @classmethod

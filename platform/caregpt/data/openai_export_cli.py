@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.fields import CommaList, Spec
 from caregpt.data.openai_export import DEFAULT_MAX_TOKENS, export_openai_chat, validate_chat_file
 
 class ExportArgs(Spec):
@@ -32,7 +32,7 @@ class ExportArgs(Spec):
     api_key_env: str | None = None
     """--format preference: export only the ratings made with the API key in this environment variable."""
 
-    dataset: list[str] | None = None
+    dataset: CommaList[str] | None = None
     """Dataset names from dataset_info.json, or data file paths, comma separated."""
 
     dataset_dir: str = "data"
@@ -64,11 +64,6 @@ class ExportArgs(Spec):
 
     validate_file: str | None = Field(default=None, validation_alias=AliasChoices("validate", "validate_file"))
     """--validate FILE: only validate an existing chat JSONL file."""
-
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _names(cls, value: Any) -> Any:
-        return split_commas(value)
 
 
 USAGE = "caregpt data export [--format {openai-chat,preference}] [--key value ...]"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.fields import MultiCommaList, Spec
 
 from caregpt.medical.catalog import CatalogError
 
@@ -38,7 +38,7 @@ class MedicalEvalArgs(Spec):
     task: Literal["triage", "safety", "deid"]
     """What to evaluate: department triage, the safety guard, or de-identification."""
 
-    data: list[str] | None = Field(default=None, json_schema_extra=FILES)
+    data: MultiCommaList[str] | None = Field(default=None, json_schema_extra=FILES)
     """triage: JSONL records with a 'department' label; deid: labelled JSONL ({text, spans, category}); default for
     deid: the shipped dev and test sets. Several files: --data A B (or A,B)."""
 
@@ -54,7 +54,7 @@ class MedicalEvalArgs(Spec):
     no_expand: bool = False
     """triage: retrieval without lay-term expansion."""
 
-    train: list[str] | None = Field(default=None, json_schema_extra=FILES)
+    train: MultiCommaList[str] | None = Field(default=None, json_schema_extra=FILES)
     """triage: train the department classifier on the dev parts of these files (default: the shipped model,
     trained on a dev-split sample)."""
 
@@ -75,13 +75,6 @@ class MedicalEvalArgs(Spec):
 
     as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
     """--json: print the report as JSON."""
-
-    @field_validator("data", "train", mode="before")
-    @classmethod
-    def _files(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [part for item in value for part in (split_commas(item) if isinstance(item, str) else [item])]
-        return split_commas(value)
 
 
 USAGE = "caregpt eval --task {triage,safety,deid} [--key value ...]"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.fields import CommaList, Spec
 from caregpt.pipeline.spec import KIND_HELP
 
 EPILOG = "step kinds (`uses:`):\n" + "\n".join(f"  {k:<10} {v}" for k, v in KIND_HELP.items()) + """
@@ -21,7 +20,7 @@ training step from its checkpoint. See jobs/configs/pipeline_demo.yaml."""
 
 
 class RunArgs(Spec):
-    only: list[str] | None = None
+    only: CommaList[str] | None = None
     """Step names to run, comma separated (the others are left as they are)."""
 
     force_from: str | None = Field(default=None, validation_alias=AliasChoices("from", "force_from"))
@@ -32,11 +31,6 @@ class RunArgs(Spec):
 
     verbose: bool = False
     """Show Ray's and the libraries' logs here (default: they go to run_dir/logs/, named at the end)."""
-
-    @field_validator("only", mode="before")
-    @classmethod
-    def _names(cls, value: Any) -> Any:
-        return split_commas(value)
 
 
 USAGE = "caregpt run PIPELINE.yaml [--only STEP[,STEP]] [--from STEP] [--dry-run] [--verbose]"
