@@ -17,8 +17,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 
 from caregpt._extras import require
-from caregpt.config.loader import ConfigError
 from caregpt.config.fields import CommaList, Spec
+from caregpt.config.loader import ConfigError
 from caregpt.kb.base import KnowledgeBase, KnowledgeBaseError
 from caregpt.kb.loaders import SUPPORTED_SUFFIXES
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
 from caregpt.config.fields import MultiCommaList, Spec
+from caregpt.config.verb import verb_main
 
 from caregpt.medical.catalog import CatalogError
 
@@ -95,19 +95,16 @@ def _parse(argv: list[str]) -> MedicalEvalArgs:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one evaluation and print its report; returns 0, 1 on bad input files, 2 on usage errors."""
+def help_text() -> str:
     from caregpt.config.help import render_help
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, SUMMARY, [("Medical evaluation", MedicalEvalArgs)], EPILOG))
-        return 0
-    try:
-        args = _parse(argv)
-    except ConfigError as exc:
-        print(f"caregpt eval: error: {exc}", file=sys.stderr)
-        return 2
+    return render_help(USAGE, SUMMARY, [("Medical evaluation", MedicalEvalArgs)], EPILOG)
+
+
+@verb_main("eval", help_text)
+def main(argv: list[str]) -> int:
+    """Run one evaluation and print its report; returns 0, 1 on bad input files, 2 on usage errors."""
+    args = _parse(argv)
     try:
         if args.task == "triage":
             from caregpt.medical.triage_eval import evaluate_triage
