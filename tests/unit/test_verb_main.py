@@ -59,6 +59,7 @@ MISTAKES = [
     ("caregpt.data.openai_export_cli", ["--format", "preference"], "caregpt data export: error: --format preference needs --feedback"),
     ("caregpt.medical.eval_cli", ["--task", "triage"], "caregpt eval: error: --task triage needs --data FILES"),
     ("caregpt.medical.triage_cli", ["--guides", "g.json"], "caregpt triage: error: the symptom text is required"),
+    ("caregpt.tune.cli", ["missing.yaml"], "caregpt tune: error: config file not found: missing.yaml"),
 ]
 
 
@@ -72,3 +73,10 @@ def test_each_verb_run_directly_prints_help_and_one_error_line(module, argv, exp
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
+
+
+def test_tune_without_its_config_prints_help_as_a_usage_error(capsys):
+    from caregpt.tune.cli import main
+
+    assert main([]) == 2
+    assert capsys.readouterr().out.startswith("usage: caregpt tune CONFIG.yaml")
