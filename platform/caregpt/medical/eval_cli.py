@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field
 
-from caregpt.config.loader import ConfigError
 from caregpt.config.fields import MultiCommaList, Spec
+from caregpt.config.loader import ConfigError
 from caregpt.config.verb import verb_main
 
 from caregpt.medical.catalog import CatalogError
