@@ -46,6 +46,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import harness
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -315,17 +318,25 @@ class InProcess:
 
 
 # ---- main ------------------------------------------------------------------------------------------
+# (header, key of Result.summary(), format): C is the concurrency; latencies per request (ITL: per chunk)
+TABLE = [
+    ("scenario", "scenario", ""), ("C", "concurrency", ""), ("requests", "requests", ""), ("failed", "failures", ""),
+    ("out tok/s", "output_tokens_per_s", ".1f"),
+    ("TTFT p50 ms", "ttft_ms_p50", ".1f"), ("TTFT p99 ms", "ttft_ms_p99", ".1f"),
+    ("TPOT p50 ms", "tpot_ms_p50", ".1f"), ("TPOT p99 ms", "tpot_ms_p99", ".1f"),
+    ("ITL p50 ms", "itl_ms_p50", ".1f"), ("ITL p99 ms", "itl_ms_p99", ".1f"),
+    ("e2e p50 s", "e2e_s_p50", ".2f"), ("e2e p99 s", "e2e_s_p99", ".2f"),
+]
+
+
 def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
 
 def report(results: dict[str, Result]) -> dict:
     rows = [r.summary() for r in results.values()]
-    cols = ["scenario", "concurrency", "requests", "failures", "output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99", "itl_ms_p50", "itl_ms_p99", "e2e_s_p50", "e2e_s_p99"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print("\n" + "  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    print()
+    harness.print_table(rows, TABLE)
 
     get = results.get
     hf, inproc = get("hf-serve@32"), get("in-process@1")

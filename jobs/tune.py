@@ -8,7 +8,7 @@ Submitting the same command again after the job was stopped resumes the experime
 
 import sys
 
-from caregpt.tune.cli import run_standalone
+from caregpt.tune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_standalone(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

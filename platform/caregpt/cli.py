@@ -18,28 +18,17 @@ from pydantic import AliasChoices, Field, field_validator
 from caregpt import __version__
 from caregpt.config.loader import ConfigError
 from caregpt.config.fields import CommaList, Spec, key
+from caregpt.config.verb import setup_logging, wants_help
 
 logger = logging.getLogger("caregpt")
 
 RUN_USAGE = "[CONFIG.yaml] [--key value ...]"
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 def _run_config_help(verb: str, summary: str, groups: tuple[str, ...]) -> str:
     from caregpt.config.help import options_help
 
     return f"usage: caregpt {verb} {RUN_USAGE}\n\n{summary}\n\n{options_help(groups)}"
-
-
-def _wants_help(argv: Sequence[str]) -> bool:
-    return any(a in ("-h", "--help") for a in argv)
 
 
 def _tokenizer_for(config) -> str:
@@ -63,9 +52,9 @@ def cmd_data(argv: list[str]) -> int:
             "  download public medical datasets (resumable, sha256-checked), converted and registered (--list)\n\n"
             "Run `caregpt data ACTION --help` for an action's options.\n"
         )
-        return 0 if _wants_help(argv) else 2
+        return 0 if wants_help(argv) else 2
     rest = argv[1:]
-    if _wants_help(rest):
+    if wants_help(rest):
         summary = {
             "check": "Validate datasets: records, valid, invalid (first few with file:line and why), token lengths "
             "under the template and tokenizer (model_name_or_path), and how many exceed cutoff_len.",
@@ -146,7 +135,7 @@ def cmd_new_model(argv: list[str]) -> int:
     from caregpt.config.help import render_help
     from caregpt.config.loader import load_verb, resolve_spec_paths
 
-    if _wants_help(argv):
+    if wants_help(argv):
         print(render_help("caregpt new-model --corpus FILE[,FILE] --output_dir DIR [--key value ...]", NEW_MODEL_SUMMARY, [("New model", NewModelArgs)]))
         return 0
     parts, _, _ = load_verb(argv, {"new-model": NewModelArgs}, verb="new-model")
@@ -159,7 +148,7 @@ def cmd_new_model(argv: list[str]) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    if _wants_help(argv):
+    if wants_help(argv):
         print(_run_config_help(
             "train",
             "Train a stage (pt, sft, rm, dpo, ppo) on Ray Train: tokenize with Ray Data, run N workers (DDP or DeepSpeed), "
@@ -278,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = nearest_key(verb, list(VERBS))
         print(f"caregpt: unknown verb {verb!r}" + (f"; did you mean {hint!r}?" if hint else "") + "\n\n" + _usage(), file=sys.stderr)
         return 2
-    _setup_logging()
+    setup_logging()
     try:
         return VERBS[verb][0](rest)
     except ConfigError as exc:

@@ -118,3 +118,27 @@ def test_each_benchmark_explains_itself_and_stops_cleanly_without_data(script, t
     missing = subprocess.run([sys.executable, str(path), "--quick"], capture_output=True, text=True, env=env, timeout=120)
     assert missing.returncode == 1
     assert "benchmark data not found" in missing.stderr and "no-shared-data" in missing.stderr
+
+
+def test_serve_load_report_prints_one_table_and_the_three_ratios_per_app(capsys):
+    import serve_load
+    from serve_load import Result, Sample
+
+    def result(scenario, concurrency, wall_s, ttft):
+        samples = [Sample(ttft=ttft, e2e=ttft + 1.27, tokens=128, gaps=[0.01] * 127) for _ in range(4)]
+        return Result(scenario, concurrency, 4, wall_s, 4 * 128, 0, samples)
+
+    results = {"hf-serve@32": result("hf-serve", 32, 4.0, 0.2), "in-process@1": result("in-process", 1, 8.0, 0.04)}
+    for app in serve_load.RAY_APPS:
+        results[f"{app}@1"] = result(app, 1, 8.0, 0.05)
+        results[f"{app}@32"] = result(app, 32, 2.0, 0.1)
+    report = serve_load.report(results)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("scenario"))
+    assert "out tok/s" in header and "TTFT p50 ms" in header and "e2e p99 s" in header
+    assert sum(line.startswith(("ray-", "hf-serve", "in-process")) for line in out.splitlines()) == 6  # a row a scenario
+    for app in serve_load.RAY_APPS:
+        assert f"{app}: c32 output tok/s vs transformers serve (target >= 1.2): 2.0" in out       # 256 vs 128 tok/s
+        assert f"{app}: TTFT p50 c1 HTTP vs in-process (target <= 1.25): 1.25" in out             # 50 vs 40 ms
+        assert f"{app}: c32 vs c1 output tok/s (target >= 6): 4.0" in out                         # 256 vs 64 tok/s
+    assert report["ratios"]["ray-continuous: c32 vs c1 output tok/s (target >= 6)"] == 4.0

@@ -12,6 +12,12 @@ from caregpt.config.help import type_name
 from caregpt.config.loader import ConfigError, load_verb
 from caregpt.config.pick import pick
 from caregpt.config.specs import GROUPS, DataArgs, ModelArgs
+from caregpt.data.deid_cli import DeidArgs
+from caregpt.data.openai_export_cli import ExportArgs
+from caregpt.distill.config import DistillConfig, load_distill_config
+from caregpt.kb.cli import IngestArgs
+from caregpt.medical.eval_cli import MedicalEvalArgs
+from caregpt.pipeline.cli import RunArgs
 from caregpt.serve.config import ServeConfig
 
 
@@ -32,13 +38,23 @@ LIST_OPTIONS = [
     (ServeConfig, "api_keys", ["key-1", "key-2"]),
     (ServeConfig, "cors_allow_origins", ["https://a.example", "https://b.example"]),
     (NewModelArgs, "corpus", ["a.txt", "b.jsonl"]),
+    (IngestArgs, "fields", ["question", "answer"]),
+    (RunArgs, "only", ["sft", "dpo"]),
+    (DeidArgs, "fields", ["instruction", "output"]),
+    (DeidArgs, "types", ["NAME", "PHONE"]),
+    (ExportArgs, "dataset", ["medical_sft", "medical_sharegpt"]),
+    (MedicalEvalArgs, "data", ["dev.jsonl", "test.jsonl"]),
+    (MedicalEvalArgs, "train", ["a.jsonl", "b.jsonl"]),
+    (DistillConfig, "seeds", ["fever", "rash"]),
+    (DistillConfig, "refusal_patterns", ["无法回答", "cannot help"]),
 ]
-REQUIRED = {ServeConfig: {"model_name_or_path": "m"}, NewModelArgs: {"output_dir": "out"}}
+REQUIRED = {ServeConfig: {"model_name_or_path": "m"}, NewModelArgs: {"output_dir": "out"}, IngestArgs: {"kb": "kb"},
+            MedicalEvalArgs: {"task": "triage"}, DistillConfig: {"seeds": "fever"}}
 
 
 @pytest.mark.parametrize(("spec", "name", "expected"), LIST_OPTIONS, ids=lambda x: getattr(x, "__name__", None) or str(x)[:20])
 def test_a_comma_list_flag_and_a_yaml_list_are_the_same_value(spec, name, expected):
-    required = REQUIRED.get(spec, {})
+    required = {k: v for k, v in REQUIRED.get(spec, {}).items() if k != name}
     text = ", ".join(map(str, expected)) + ","  # spaces and a trailing comma are forgiven
     from_flag = _flags({"s": spec}, [*(x for k, v in required.items() for x in (f"--{k}", v)), f"--{name}", text])["s"]
     from_yaml = spec(**required, **{name: expected})
@@ -121,3 +137,23 @@ def test_comma_list_is_a_plain_list_type_for_other_specs():
         """Files, comma separated."""
 
     assert Files(paths="a, b").paths == ["a", "b"] and Files(paths=["a,b"]).paths == ["a,b"]  # a YAML item is kept whole
+
+
+def test_a_several_value_option_also_splits_each_value_on_commas():
+    """medical eval's --data / --train take `A B` (nargs), `A,B` or both mixed, from flags and YAML alike."""
+    args = _flags({"e": MedicalEvalArgs}, ["--task", "triage", "--data", "a.jsonl,b.jsonl", "c.jsonl", "--train", "d.jsonl"])["e"]
+    assert args.data == ["a.jsonl", "b.jsonl", "c.jsonl"] and args.train == ["d.jsonl"]
+    assert MedicalEvalArgs(task="deid", data=["a.jsonl, b.jsonl", "c.jsonl"]).data == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    assert MedicalEvalArgs(task="deid").data is None  # unset stays unset: the shipped sets
+
+
+def test_distill_splits_list_flags_through_its_own_loader():
+    config = load_distill_config(["--seeds", "fever, rash", "--refusal_patterns", "无法回答,cannot help"])
+    assert config.seeds == ["fever", "rash"] and config.refusal_patterns == ["无法回答", "cannot help"]
+    assert DistillConfig(seeds=["a, b"]).seeds == ["a, b"]  # a YAML item is kept whole (a pattern may hold a comma)
+
+
+def test_deid_types_are_split_then_checked():
+    assert _flags({"d": DeidArgs}, ["--types", "name,phone"])["d"].types == ["NAME", "PHONE"]
+    with pytest.raises(ConfigError, match=r"types.*unknown type 'FAX'; valid: NAME,ID"):
+        _flags({"d": DeidArgs}, ["--types", "name,fax"], verb="data deid")

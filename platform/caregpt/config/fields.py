@@ -47,6 +47,18 @@ T = TypeVar("T")
 CommaList = Annotated[list[T], BeforeValidator(split_commas)]
 
 
+def split_commas_each(value: Any) -> Any:
+    """split_commas for an option that takes several flag values: `--data a b,c` is [a, b, c]."""
+    if isinstance(value, list):
+        return [part for item in value for part in (split_commas(item) if isinstance(item, str) else [item])]
+    return split_commas(value)
+
+
+# CommaList for a `nargs` option (`Field(json_schema_extra={"nargs": "+"})`): every value may be a comma list too,
+# so a YAML item `a,b` is two items here (file paths, never text that holds commas)
+MultiCommaList = Annotated[list[T], BeforeValidator(split_commas_each)]
+
+
 def _four_or_eight(value: int | None) -> int | None:
     if value not in (None, 4, 8):
         raise ValueError("must be 4 or 8 (bitsandbytes k-bit quantisation)")

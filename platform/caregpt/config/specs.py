@@ -11,10 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-# Spec, key, split_commas and pick are imported from here by many verbs: this module re-exports them
-from caregpt.config.fields import CommaList, QuantizationBit, Spec, adopt_adapter_alias, key, split_commas  # noqa: F401
+# Spec is imported from here by many verbs (it lives in config/fields.py with the other building blocks)
+from caregpt.config.fields import CommaList, QuantizationBit, Spec, adopt_adapter_alias, key  # noqa: F401
 from caregpt.config.generation import GenerationArgs
-from caregpt.config.pick import pick  # noqa: F401
 
 OPS = key("operational")
 DATA = key("data")

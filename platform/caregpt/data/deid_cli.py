@@ -17,11 +17,12 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from pydantic import field_validator
 
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.fields import CommaList, Spec
+from caregpt.config.loader import ConfigError
+from caregpt.config.verb import verb_main
 
 from caregpt.data.deid import DEFAULT_FIELDS, deidentify_record
 from caregpt.data.deid_detect import TYPES
@@ -36,11 +37,11 @@ class DeidArgs(Spec):
     output: str | None = None
     """Where the masked jsonl goes (must differ from --input)."""
 
-    fields: list[str] | None = None
+    fields: CommaList[str] | None = None
     """Comma-separated text fields to mask (default: instruction,input,output,history...); lists (history, [chosen,
     rejected]) and message lists (conversations: value / content) are walked."""
 
-    types: list[str] = list(TYPES)
+    types: CommaList[str] = list(TYPES)
     """Identifier types to mask, comma separated (default: all)."""
 
     no_numbers: bool = False
@@ -55,11 +56,6 @@ class DeidArgs(Spec):
     evaluate: str | None = None
     """--evaluate [LABELLED.jsonl]: print precision / recall per type on a labelled jsonl (bare: the shipped
     synthetic set)."""
-
-    @field_validator("fields", "types", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return split_commas(value)
 
     @field_validator("types")
     @classmethod
@@ -107,34 +103,29 @@ def deidentify_file(source: Path, target: Path, fields: list[str] | None, types:
             "masked": {t: counts.get(t, 0) for t in types}, "invalid_lines": len(invalid), "invalid_examples": invalid[:MAX_SHOWN]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def help_text() -> str:
     from caregpt.config.help import render_help
-    from caregpt.config.loader import ConfigError, load_verb
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("De-identification", DeidArgs)]))
-        return 0
-    try:
-        args = load_verb(argv, {"deid": DeidArgs}, verb="data deid", config_file=False)[0]["deid"]
-    except ConfigError as exc:
-        print(f"caregpt data deid: error: {exc}", file=sys.stderr)
-        return 2
+    return render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("De-identification", DeidArgs)])
+
+
+@verb_main("data deid", help_text)
+def main(argv: list[str]) -> int:
+    from caregpt.config.loader import load_verb
+
+    args = load_verb(argv, {"deid": DeidArgs}, verb="data deid", config_file=False)[0]["deid"]
     if args.evaluate is not None:
         from caregpt.data.deid_eval import main as evaluate_main
 
         # a bare --evaluate arrives as the switch value "true": the shipped set
         return evaluate_main(["--data", args.evaluate] if args.evaluate not in ("", "true") else [])
     if not args.input or not args.output:
-        print("caregpt data deid: error: --input and --output are required (or use --evaluate)", file=sys.stderr)
-        return 2
+        raise ConfigError("--input and --output are required (or use --evaluate)")
     source, target = Path(args.input), Path(args.output)
     if not source.is_file():
-        print(f"caregpt data deid: error: input file not found: {source}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"input file not found: {source}")
     if source.resolve() == target.resolve():
-        print("caregpt data deid: error: --output must differ from --input (the original is kept for audit)", file=sys.stderr)
-        return 2
+        raise ConfigError("--output must differ from --input (the original is kept for audit)")
     types = tuple(args.types)
     fields = args.fields or None
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,14 @@ ones) or fewer than 10 examples; 2 bad arguments, an unknown dataset or a datase
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
+from caregpt.config.fields import CommaList, Spec
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.verb import verb_main
 from caregpt.data.openai_export import DEFAULT_MAX_TOKENS, export_openai_chat, validate_chat_file
 
 class ExportArgs(Spec):
@@ -32,7 +32,7 @@ class ExportArgs(Spec):
     api_key_env: str | None = None
     """--format preference: export only the ratings made with the API key in this environment variable."""
 
-    dataset: list[str] | None = None
+    dataset: CommaList[str] | None = None
     """Dataset names from dataset_info.json, or data file paths, comma separated."""
 
     dataset_dir: str = "data"
@@ -65,11 +65,6 @@ class ExportArgs(Spec):
     validate_file: str | None = Field(default=None, validation_alias=AliasChoices("validate", "validate_file"))
     """--validate FILE: only validate an existing chat JSONL file."""
 
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _names(cls, value: Any) -> Any:
-        return split_commas(value)
-
 
 USAGE = "caregpt data export [--format {openai-chat,preference}] [--key value ...]"
 SUMMARY = (
@@ -80,35 +75,29 @@ SUMMARY = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def help_text() -> str:
     from caregpt.config.help import render_help
+
+    return render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("Export", ExportArgs)])
+
+
+@verb_main("data export", help_text)
+def main(argv: list[str]) -> int:
     from caregpt.config.loader import load_verb
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("Export", ExportArgs)]))
-        return 0
-    try:
-        args = load_verb(argv, {"export": ExportArgs}, verb="data export", config_file=False)[0]["export"]
-    except ConfigError as exc:
-        print(f"caregpt data export: error: {exc}", file=sys.stderr)
-        return 2
+    args = load_verb(argv, {"export": ExportArgs}, verb="data export", config_file=False)[0]["export"]
     if args.format == "preference":
         return _export_preference(args)
-    try:
-        if args.validate_file:
-            if not Path(args.validate_file).is_file():
-                raise ConfigError(f"file not found: {args.validate_file}")
-            report = validate_chat_file(args.validate_file, args.max_tokens_per_example, args.tokenizer)
-        else:
-            if not args.dataset or not args.output:
-                raise ConfigError("--dataset and --output are required (or --validate FILE)")
-            report = export_openai_chat(args.dataset, args.dataset_dir, args.output, dataset_info=args.dataset_info, system=args.system,
-                                        max_tokens=args.max_tokens_per_example, tokenizer=args.tokenizer,
-                                        max_samples=args.max_samples, last_turn_only=args.last_turn_only)
-    except ConfigError as exc:
-        print(f"caregpt data export: error: {exc}", file=sys.stderr)
-        return 2
+    if args.validate_file:
+        if not Path(args.validate_file).is_file():
+            raise ConfigError(f"file not found: {args.validate_file}")
+        report = validate_chat_file(args.validate_file, args.max_tokens_per_example, args.tokenizer)
+    else:
+        if not args.dataset or not args.output:
+            raise ConfigError("--dataset and --output are required (or --validate FILE)")
+        report = export_openai_chat(args.dataset, args.dataset_dir, args.output, dataset_info=args.dataset_info, system=args.system,
+                                    max_tokens=args.max_tokens_per_example, tokenizer=args.tokenizer,
+                                    max_samples=args.max_samples, last_turn_only=args.last_turn_only)
     print(report.format())
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -120,20 +109,16 @@ def _export_preference(args) -> int:
 
     from caregpt.finetune.feedback import export_preference
 
-    try:
-        if not args.feedback or not args.output:
-            raise ConfigError("--format preference needs --feedback STATE_DIR and --output FILE")
-        if args.dataset or args.validate_file:
-            raise ConfigError("--format preference reads ratings from --feedback; --dataset / --validate belong to --format openai-chat")
-        key = None
-        if args.api_key_env:
-            key = os.environ.get(args.api_key_env)
-            if not key:
-                raise ConfigError(f"the environment variable {args.api_key_env} (--api_key_env) is empty")
-        report = export_preference(args.feedback, args.output, api_key=key)
-    except ConfigError as exc:
-        print(f"caregpt data export: error: {exc}", file=sys.stderr)
-        return 2
+    if not args.feedback or not args.output:
+        raise ConfigError("--format preference needs --feedback STATE_DIR and --output FILE")
+    if args.dataset or args.validate_file:
+        raise ConfigError("--format preference reads ratings from --feedback; --dataset / --validate belong to --format openai-chat")
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise ConfigError(f"the environment variable {args.api_key_env} (--api_key_env) is empty")
+    report = export_preference(args.feedback, args.output, api_key=key)
     print(report.format() + f"\n-> {args.output}")
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -23,6 +23,7 @@ from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
 from caregpt.config.specs import Spec
+from caregpt.config.verb import verb_main
 from caregpt.data.openai_export import DEFAULT_MAX_TOKENS, validate_chat_file
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -96,29 +97,24 @@ def _job_summary(job) -> dict:
             "validation_file": getattr(job, "validation_file", None), "fine_tuned_model": getattr(job, "fine_tuned_model", None)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        from caregpt.config.help import render_help
+def help_text() -> str:
+    from caregpt.config.help import render_help
 
-        parts = (__doc__ or "").split("\n\n")
-        print(render_help(USAGE, parts[0] + "\n\n" + parts[2].strip(), [("Fine-tuning job", FinetuneArgs)]))
-        return 0
-    try:
-        args = _parse(argv)
-    except ConfigError as exc:
-        print(f"caregpt openai-finetune: error: {exc}", file=sys.stderr)
-        return 2
+    parts = (__doc__ or "").split("\n\n")
+    return render_help(USAGE, parts[0] + "\n\n" + parts[2].strip(), [("Fine-tuning job", FinetuneArgs)])
+
+
+@verb_main("openai-finetune", help_text)
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
     api_key = os.environ.get(args.api_key_env, "")
     if not api_key:
-        print(f"caregpt openai-finetune: error: set the API key in the environment variable {args.api_key_env} (--api_key_env)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"set the API key in the environment variable {args.api_key_env} (--api_key_env)")
     if not args.skip_validation:
         for path in filter(None, (args.training_file, args.validation_file)):
             problem = _check(path, args.max_tokens_per_example)
             if problem:
-                print(f"caregpt openai-finetune: error: {problem}", file=sys.stderr)
-                return 2
+                raise ConfigError(problem)
     import openai
 
     client = openai.OpenAI(api_key=api_key, base_url=args.base_url, timeout=args.timeout, max_retries=args.max_retries)

@@ -6,14 +6,10 @@ Exit codes: 0 every seed has a record; 1 some seeds failed (re-run the same comm
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Sequence
-
-from caregpt.config.loader import ConfigError
+from caregpt.config.verb import verb_main
 from caregpt.distill.config import DistillConfig, load_distill_config
 
-USAGE = "usage: caregpt distill [CONFIG.yaml] [--key value ...]"
+USAGE = "caregpt distill [CONFIG.yaml] [--key value ...]"
 SUMMARY = (
     "Generate SFT records, multi-turn dialogues, preference pairs or knowledge-base documents from seeds with any "
     "OpenAI-compatible chat endpoint, as Ray Data over many concurrent requests (rate limit, retries with backoff that "
@@ -26,24 +22,14 @@ SUMMARY = (
 def help_text() -> str:
     from caregpt.config.help import render_help
 
-    return render_help(USAGE.removeprefix("usage: "), SUMMARY, [("Distill (YAML keys or --key value flags)", DistillConfig)])
+    return render_help(USAGE, SUMMARY, [("Distill (YAML keys or --key value flags)", DistillConfig)])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
-        return 0
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+@verb_main("distill", help_text, log=True)
+def main(argv: list[str]) -> int:
     from caregpt.distill.run import run_distill
 
-    try:
-        config = load_distill_config(argv)
-        report = run_distill(config)
-    except ConfigError as exc:
-        print(f"caregpt distill: error: {exc}", file=sys.stderr)
-        return 2
+    report = run_distill(load_distill_config(argv))
     print(report.format())
     return 1 if report.failed else 0
 

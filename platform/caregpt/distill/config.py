@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import key
-from caregpt.config.specs import split_commas as _split_commas
+from caregpt.config.fields import CommaList, key
 from caregpt.distill import templates as T
 
 Kind = Literal["sft", "multiturn", "preference", "kb_document"]
@@ -28,7 +27,7 @@ class DistillConfig(BaseModel):
     """What each seed becomes: sft (question + answer), multiturn (a patient-doctor dialogue), preference (two answers
     ranked by a judge call: output [chosen, rejected]) or kb_document (a knowledge-base document {"content": ...})."""
 
-    seeds: list[str] | None = None
+    seeds: CommaList[str] | None = None
     """Seed inputs (topics, departments, symptoms or questions): a YAML list, or comma separated on the command line."""
 
     seeds_file: Annotated[str | None, key(path="in")] = None
@@ -148,7 +147,7 @@ class DistillConfig(BaseModel):
     max_chars: int = 6000
     """Longest accepted answer / document, in characters."""
 
-    refusal_patterns: list[str] | None = None
+    refusal_patterns: CommaList[str] | None = None
     """Extra regular expressions that mark a refusal (added to the built-in Chinese and English ones); a YAML list, or
     comma separated on the command line (put patterns that contain commas in the YAML file)."""
 
@@ -177,11 +176,6 @@ class DistillConfig(BaseModel):
 
     actor_cpus: float = 0.25
     """Logical CPUs reserved per request actor (they mostly wait on the network)."""
-
-    @field_validator("seeds", "refusal_patterns", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return _split_commas(value)
 
     @field_validator("samples_per_seed", "concurrency", "num_actors", "max_tokens", "dialogue_turns", "dedup_ngram")
     @classmethod

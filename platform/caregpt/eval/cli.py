@@ -21,7 +21,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field
 
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import DataArgs, GenerationArgs, ModelArgs, Spec, pick
+from caregpt.config.pick import pick
+from caregpt.config.specs import DataArgs, GenerationArgs, ModelArgs, Spec
 
 logger = logging.getLogger("caregpt.eval")
 

@@ -12,13 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
 from caregpt._extras import require
+from caregpt.config.fields import CommaList, Spec
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
 from caregpt.kb.base import KnowledgeBase, KnowledgeBaseError
 from caregpt.kb.loaders import SUPPORTED_SUFFIXES
 
@@ -48,7 +48,7 @@ class IngestArgs(KbArgs):
     overlap: int | None = None
     """Characters shared by consecutive chunks (default 50)."""
 
-    fields: list[str] | None = None
+    fields: CommaList[str] | None = None
     """Comma-separated json/jsonl fields holding the text (default: content)."""
 
     embed_model: str | None = None
@@ -68,11 +68,6 @@ class IngestArgs(KbArgs):
 
     as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
     """--json: print the report as JSON."""
-
-    @field_validator("fields", mode="before")
-    @classmethod
-    def _names(cls, value: Any) -> Any:
-        return split_commas(value)
 
 
 class SearchArgs(KbArgs):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
+from caregpt.config.fields import MultiCommaList, Spec
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.verb import verb_main
 
 from caregpt.medical.catalog import CatalogError
 
@@ -38,7 +38,7 @@ class MedicalEvalArgs(Spec):
     task: Literal["triage", "safety", "deid"]
     """What to evaluate: department triage, the safety guard, or de-identification."""
 
-    data: list[str] | None = Field(default=None, json_schema_extra=FILES)
+    data: MultiCommaList[str] | None = Field(default=None, json_schema_extra=FILES)
     """triage: JSONL records with a 'department' label; deid: labelled JSONL ({text, spans, category}); default for
     deid: the shipped dev and test sets. Several files: --data A B (or A,B)."""
 
@@ -54,7 +54,7 @@ class MedicalEvalArgs(Spec):
     no_expand: bool = False
     """triage: retrieval without lay-term expansion."""
 
-    train: list[str] | None = Field(default=None, json_schema_extra=FILES)
+    train: MultiCommaList[str] | None = Field(default=None, json_schema_extra=FILES)
     """triage: train the department classifier on the dev parts of these files (default: the shipped model,
     trained on a dev-split sample)."""
 
@@ -76,13 +76,6 @@ class MedicalEvalArgs(Spec):
     as_json: bool = Field(default=False, validation_alias=AliasChoices("json", "as_json"))
     """--json: print the report as JSON."""
 
-    @field_validator("data", "train", mode="before")
-    @classmethod
-    def _files(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [part for item in value for part in (split_commas(item) if isinstance(item, str) else [item])]
-        return split_commas(value)
-
 
 USAGE = "caregpt eval --task {triage,safety,deid} [--key value ...]"
 SUMMARY = "Evaluate department triage, the safety guard or de-identification."
@@ -102,19 +95,16 @@ def _parse(argv: list[str]) -> MedicalEvalArgs:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one evaluation and print its report; returns 0, 1 on bad input files, 2 on usage errors."""
+def help_text() -> str:
     from caregpt.config.help import render_help
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, SUMMARY, [("Medical evaluation", MedicalEvalArgs)], EPILOG))
-        return 0
-    try:
-        args = _parse(argv)
-    except ConfigError as exc:
-        print(f"caregpt eval: error: {exc}", file=sys.stderr)
-        return 2
+    return render_help(USAGE, SUMMARY, [("Medical evaluation", MedicalEvalArgs)], EPILOG)
+
+
+@verb_main("eval", help_text)
+def main(argv: list[str]) -> int:
+    """Run one evaluation and print its report; returns 0, 1 on bad input files, 2 on usage errors."""
+    args = _parse(argv)
     try:
         if args.task == "triage":
             from caregpt.medical.triage_eval import evaluate_triage

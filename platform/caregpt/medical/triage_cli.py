@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 
 from pydantic import AliasChoices, Field
 
+from caregpt.config.loader import ConfigError
 from caregpt.config.specs import Spec
+from caregpt.config.verb import verb_main
 from caregpt.kb.http import EndpointError
 from caregpt.medical.catalog import CatalogError, load_catalog
 
@@ -55,25 +56,23 @@ SUMMARY = ("Recommend hospital departments (导诊) for a description of symptom
            "and, optionally, re-ranking by a served model.")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run `caregpt triage`; returns 0 on success, 1 on a bad guide/catalog file, 2 on usage errors."""
+def help_text() -> str:
     from caregpt.config.help import render_help
-    from caregpt.config.loader import ConfigError, load_verb
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, SUMMARY, [("Triage", TriageArgs)], EPILOG))
-        return 0
-    try:
-        parts, positional, _ = load_verb(argv, {"triage": TriageArgs}, verb="triage", positional=1, config_file=False)
-        if not positional:
-            raise ConfigError('the symptom text is required: caregpt triage "症状描述" --guides PATH')
-        args, text = parts["triage"], positional[0]
-        if bool(args.base_url) != bool(args.model):
-            raise ConfigError("--base-url and --model go together")
-    except ConfigError as exc:
-        print(f"caregpt triage: error: {exc}", file=sys.stderr)
-        return 2
+    return render_help(USAGE, SUMMARY, [("Triage", TriageArgs)], EPILOG)
+
+
+@verb_main("triage", help_text)
+def main(argv: list[str]) -> int:
+    """Run `caregpt triage`; returns 0 on success, 1 on a bad guide/catalog file, 2 on usage errors."""
+    from caregpt.config.loader import load_verb
+
+    parts, positional, _ = load_verb(argv, {"triage": TriageArgs}, verb="triage", positional=1, config_file=False)
+    if not positional:
+        raise ConfigError('the symptom text is required: caregpt triage "症状描述" --guides PATH')
+    args, text = parts["triage"], positional[0]
+    if bool(args.base_url) != bool(args.model):
+        raise ConfigError("--base-url and --model go together")
     from caregpt.medical.triage import DepartmentTriage
     from caregpt.medical.triage_model import TriageModel
 

@@ -9,14 +9,13 @@ model_name_or_path / template come from the adapter's caregpt_config.yaml.
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Literal
 
 from pydantic import Field
 
 from caregpt.config.loader import ConfigError
 from caregpt.config.specs import Spec
+from caregpt.config.verb import verb_main
 
 SUMMARY = (
     "Merge LoRA adapters (checkpoint_dir, comma separated, applied in order; QLoRA adapters too: the base is loaded in "
@@ -77,22 +76,12 @@ def parse(argv: list[str]):
     return config, {"export_size": options.export_size, "export_dtype": options.export_dtype, "overwrite": options.overwrite, "template": template}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
-        return 0
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+@verb_main("export", help_text, log=True)
+def main(argv: list[str]) -> int:
     from caregpt.models.export import export_model
 
-    try:
-        config, options = parse(argv)
-        path = export_model(config, **options)
-    except ConfigError as exc:
-        print(f"caregpt export: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
+    config, options = parse(argv)
+    print(export_model(config, **options))
     return 0
 
 

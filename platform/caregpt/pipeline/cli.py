@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
+from caregpt.config.fields import CommaList, Spec
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, split_commas
+from caregpt.config.verb import verb_main
 from caregpt.pipeline.spec import KIND_HELP
 
 EPILOG = "step kinds (`uses:`):\n" + "\n".join(f"  {k:<10} {v}" for k, v in KIND_HELP.items()) + """
@@ -21,7 +20,7 @@ training step from its checkpoint. See jobs/configs/pipeline_demo.yaml."""
 
 
 class RunArgs(Spec):
-    only: list[str] | None = None
+    only: CommaList[str] | None = None
     """Step names to run, comma separated (the others are left as they are)."""
 
     force_from: str | None = Field(default=None, validation_alias=AliasChoices("from", "force_from"))
@@ -33,23 +32,20 @@ class RunArgs(Spec):
     verbose: bool = False
     """Show Ray's and the libraries' logs here (default: they go to run_dir/logs/, named at the end)."""
 
-    @field_validator("only", mode="before")
-    @classmethod
-    def _names(cls, value: Any) -> Any:
-        return split_commas(value)
-
 
 USAGE = "caregpt run PIPELINE.yaml [--only STEP[,STEP]] [--from STEP] [--dry-run] [--verbose]"
 
 
-def main(argv: list[str] | None = None) -> int:
+def help_text() -> str:
     from caregpt.config.help import render_help
+
+    return render_help(USAGE, (__doc__ or "").strip() + " PIPELINE.yaml holds run_dir, defaults and steps.", [("Run", RunArgs)], EPILOG)
+
+
+@verb_main("run", help_text)
+def main(argv: list[str]) -> int:
     from caregpt.config.loader import load_verb
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, (__doc__ or "").strip() + " PIPELINE.yaml holds run_dir, defaults and steps.", [("Run", RunArgs)], EPILOG))
-        return 0
     parts, positional, _ = load_verb(argv, {"run": RunArgs}, verb="run", positional=1, config_file=False)
     pipeline = positional[0] if positional else None
     if not pipeline:

@@ -22,14 +22,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from typing import Any
 
-from caregpt.config.loader import ConfigError
+from caregpt.config.verb import verb_main
 
 logger = logging.getLogger("caregpt.serve")
 
-USAGE = "usage: caregpt serve [CONFIG.yaml] [--key value ...]"
+USAGE = "caregpt serve [CONFIG.yaml] [--key value ...]"
 SUMMARY = (
     "Serve a model (a merged model directory, or base + checkpoint_dir adapter, plus any number of LoRA adapters "
     "under adapters_dir chosen by `model` name) behind an OpenAI-compatible API on Ray Serve: POST /v1/chat/completions "
@@ -43,7 +42,7 @@ def _help() -> str:
     from caregpt.config.help import render_help
     from caregpt.serve.config import ServeConfig
 
-    return render_help(USAGE.removeprefix("usage: "), SUMMARY, [("Serve", ServeConfig)])
+    return render_help(USAGE, SUMMARY, [("Serve", ServeConfig)])
 
 
 def _overrides(serve_doc: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -102,26 +101,19 @@ def _free_local_port() -> int:
         return sock.getsockname()[1]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(_help())
-        return 0
+@verb_main("serve", _help)
+def main(argv: list[str]) -> int:
     from caregpt.serve.app import build_app
     from caregpt.serve.config import load_serve_config
     from caregpt.serve.loading import preflight
 
-    try:
-        config, serve_doc = load_serve_config(argv)
-        deployments, http_options, app_entry = _overrides(serve_doc)
-        preflight(config)
-        embedded = not (config.ray_address or os.environ.get("RAY_ADDRESS"))
-        if embedded and os.environ.get(_SUPERVISED_ENV) != "1":
-            return _supervise(argv)
-        app = build_app(config, deployments)
-    except ConfigError as exc:
-        print(f"caregpt serve: error: {exc}", file=sys.stderr)
-        return 2
+    config, serve_doc = load_serve_config(argv)
+    deployments, http_options, app_entry = _overrides(serve_doc)
+    preflight(config)
+    embedded = not (config.ray_address or os.environ.get("RAY_ADDRESS"))
+    if embedded and os.environ.get(_SUPERVISED_ENV) != "1":
+        return _supervise(argv)
+    app = build_app(config, deployments)
 
     import ray
     from ray import serve

@@ -33,7 +33,6 @@ import logging
 import re
 import resource
 import signal
-import sys
 import threading
 import time
 
@@ -42,6 +41,7 @@ from pydantic import Field
 
 from caregpt.config.fields import Spec
 from caregpt.config.pick import pick
+from caregpt.config.verb import verb_main
 from caregpt.serve.config import ServeConfig
 
 logger = logging.getLogger("caregpt.serve.front")
@@ -299,20 +299,16 @@ def parse_args(argv: list[str]) -> FrontArgs:
     return load_verb(argv, {"front": FrontArgs}, verb="serve", config_file=False)[0]["front"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def help_text() -> str:
     from caregpt.config.help import render_help
-    from caregpt.config.loader import ConfigError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(FRONT_USAGE, "caregpt's HTTP front proxy: header/body timeouts and a connection cap before Ray Serve's proxy.",
-                          [("Front proxy", FrontArgs)]))
-        return 0
-    try:
-        args = parse_args(argv)
-    except ConfigError as exc:
-        print(f"caregpt front: error: {exc}", file=sys.stderr)
-        return 2
+    return render_help(FRONT_USAGE, "caregpt's HTTP front proxy: header/body timeouts and a connection cap before Ray Serve's proxy.",
+                       [("Front proxy", FrontArgs)])
+
+
+@verb_main("front", help_text)
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     proxy = FrontProxy(_address(args.upstream), response_timeout_s=args.response_timeout_s, **{k: getattr(args, k) for k in FRONT_KEYS})
 

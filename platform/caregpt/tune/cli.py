@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from caregpt.config.loader import ConfigError
+from caregpt.config.verb import verb_main
 from caregpt.tune.space import SPACE_TYPES, TUNE_KEYS
 
 logger = logging.getLogger(__name__)
@@ -55,10 +55,11 @@ def help_text() -> str:
     return render_help(USAGE.removeprefix("usage: "), SUMMARY, [], "\n".join(lines))
 
 
+@verb_main("tune", help_text, log=True)
 def main(argv: list[str]) -> int:
-    if not argv or any(a in ("-h", "--help") for a in argv):
+    if not argv:  # a tune run needs its CONFIG.yaml: say what to pass, as a usage error
         print(help_text())
-        return 0 if argv else 2
+        return 2
     from caregpt.tune.space import load_from_argv
 
     _config, base_values, spec = load_from_argv(argv)  # every YAML problem surfaces before Ray starts
@@ -86,15 +87,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run_standalone(argv: list[str]) -> int:
-    """`python -m caregpt.tune.cli` / jobs/tune.py: main() with the logging and one-line errors of `caregpt`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return main(argv)
-    except ConfigError as exc:
-        print(f"caregpt tune: error: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_standalone(sys.argv[1:]))
+    sys.exit(main())
