@@ -15,7 +15,8 @@ item, 1/(2^options - 1) for a declared multi-answer one) and the majority letter
 that is most often right in this very set, the best constant answer); it also reports how often the model gave
 its most frequent answer, so a model that answers "A" to everything is visible.
 
-Generate-then-parse: greedy generation from the same prompt, then
+Generate-then-parse: greedy generation from the same prompt (the one batched generation path,
+:func:`caregpt.models.generate.generate_batch`), then
 :func:`caregpt.eval.choice_parse.extract_choice`; replies it cannot read are "unparsed" (scored wrong,
 their ids reported).
 
