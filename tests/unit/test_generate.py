@@ -147,3 +147,33 @@ def test_model_generate_is_called_only_by_the_one_generation_path():
                 if "engine" not in receiver.lower() and receiver != "server":
                     found.append(f"{path.relative_to(root)}:{node.lineno} {receiver}.generate")
     assert found == []
+
+
+def test_the_serving_engine_answers_what_the_batch_path_answers(loaded, prompts):
+    """Greedy, same stops: the streaming engine (its own token loop) and generate_batch give the same text."""
+    import asyncio
+
+    from caregpt.serve.engine import GenerationRequest
+    from caregpt.serve.hf_engine import TransformersEngine
+    from caregpt.serve.sampling import SamplingParams
+
+    reference = _alone(loaded, prompts[1], 24)
+    stop = _multi_token_stop(loaded, reference)
+    stops = (*loaded.template.stop_strings, stop)
+    batch = generate_batch(loaded.model, loaded.tokenizer, prompts, GenerationSettings(max_new_tokens=24), stop_strings=stops)
+    engine = TransformersEngine(loaded.model, loaded.tokenizer, template_stops=stops, max_batch_size=4)
+    assert engine.stop_ids == loaded.stop_ids and stop in engine.text_stops  # one stop rule
+
+    async def stream(i: int, prompt: list[int]) -> str:
+        request = GenerationRequest(f"r{i}", prompt, SamplingParams(max_tokens=24, temperature=0))
+        return "".join([out.text async for out in engine.generate(request)])
+
+    async def all_of_them() -> list[str]:
+        return await asyncio.gather(*(stream(i, p) for i, p in enumerate(prompts)))
+
+    try:
+        streamed = asyncio.run(all_of_them())
+    finally:
+        engine.shutdown()
+    assert [s.strip() for s in streamed] == [a.text for a in batch]
+    assert batch[1].stopped and stop not in streamed[1]
