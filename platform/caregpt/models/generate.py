@@ -7,7 +7,9 @@ token through its own loop (:mod:`caregpt.serve.hf_engine`) but takes its stop i
 
 - Prompts are padded on the LEFT, so every row's last prompt token sits at the same position and
   new tokens are appended after it for the whole batch; the attention mask hides the padding and
-  transformers derives position ids from it, so a row's greedy answer is the one it gets alone.
+  transformers derives position ids from it, so a row's greedy answer is the one it gets alone
+  (exactly in float32, as tests/unit/test_generate.py checks; in bf16 / fp16 a padded row can round
+  differently and flip a near-tie).
 - Decoding follows :class:`GenerationSettings` (the resolved ``generation:`` config group): greedy
   by default, else sampled with temperature / top_p / top_k; repetition_penalty applies to both.
 - Generation ends at the stop token ids (eos and template stops that are one token) and at stop
