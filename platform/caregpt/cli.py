@@ -11,13 +11,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
 
 from caregpt import __version__
 from caregpt.config.loader import ConfigError
-from caregpt.config.specs import Spec, key, split_commas
+from caregpt.config.fields import CommaList, Spec, key
 
 logger = logging.getLogger("caregpt")
 
@@ -110,7 +110,7 @@ class NewModelArgs(Spec):
     preset: str = "tiny"
     """Model size: a preset of caregpt.models.tiny (tiny: a few million parameters)."""
 
-    corpus: list[str]
+    corpus: CommaList[str]
     """Text to train the tokenizer on: .txt/.json/.jsonl/.csv files, comma separated."""
 
     output_dir: Annotated[str, key(path="out")] = Field(validation_alias=AliasChoices("output_dir", "output"))
@@ -124,11 +124,6 @@ class NewModelArgs(Spec):
 
     overwrite: bool = False
     """Replace an existing non-empty output_dir."""
-
-    @field_validator("corpus", mode="before")
-    @classmethod
-    def _files(cls, value: Any) -> Any:
-        return split_commas(value)
 
     @field_validator("preset")
     @classmethod

@@ -7,7 +7,7 @@ type, default and the docstring under the field.
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -24,8 +24,10 @@ GROUP_TITLES = {
 
 
 def type_name(annotation: Any) -> str:
-    args = [a for a in get_args(annotation) if a is not type(None)]
     origin = get_origin(annotation)
+    if origin is Annotated:  # a type with its check attached (CommaList[str]): show the type
+        return type_name(get_args(annotation)[0])
+    args = [a for a in get_args(annotation) if a is not type(None)]
     if origin is Literal:
         return "{" + "|".join(str(a) for a in args) + "}"
     if origin is list and args and get_origin(args[0]) is Literal:

@@ -9,89 +9,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-# Key roles, declared once per field (``Annotated[type, key(...)]``) and read by resume naming
-# (train/launch.py), Ray Tune (tune/space.py) and the tokenized cache (data/prepare.py):
-#   shaping      changes what is trained (the default): part of the run name's hash
-#   operational  where / how a run goes, not what it learns: a rerun with another value resumes
-#   data         enters the tokenized data (the cache fingerprint); also shapes the model
-ROLES = ("shaping", "operational", "data")
+# Spec, key, split_commas and pick are imported from here by many verbs: this module re-exports them
+from caregpt.config.fields import CommaList, QuantizationBit, Spec, adopt_adapter_alias, key, split_commas  # noqa: F401
+from caregpt.config.generation import GenerationArgs
+from caregpt.config.pick import pick  # noqa: F401
 
-
-def key(role: str = "shaping", *, path: str | None = None, tune: str | None = None) -> Any:
-    """Field metadata: role, path ("in": must exist, made absolute; "out": made absolute), and why Tune may not search it."""
-    if role not in ROLES:
-        raise ValueError(f"unknown key role {role!r}")
-    extra = {"role": role}
-    if path:
-        extra["path"] = path
-    if tune:
-        extra["tune"] = tune
-    return Field(json_schema_extra=extra)
-
-
-def split_commas(value: Any) -> Any:
-    """`a,b` on the command line and `[a, b]` in YAML mean the same list (every spec's list fields)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class Spec(BaseModel):
-    """Base of every option spec: the docstring under a field is its `--help` text; unknown keys are refused."""
-
-    model_config = ConfigDict(
-        use_attribute_docstrings=True,
-        extra="forbid",
-        validate_assignment=True,
-        protected_namespaces=(),
-        populate_by_name=True,
-    )
-
-
-_Spec = Spec
-
-
-def pick(spec: type[BaseModel], names: tuple[str, ...], title: str, **defaults: Any) -> type[Spec]:
-    """A spec made of some fields of another, declared once there (type, docstring, metadata); `defaults`
-    replace their defaults (e.g. None: "unset, use what the checkpoint recorded")."""
-    from pydantic import create_model
-
-    fields: dict[str, Any] = {}
-    for name in names:
-        info = spec.model_fields[name]._copy()
-        annotation = info.annotation
-        if name in defaults:
-            info.default = defaults[name]
-            annotation = annotation | None if defaults[name] is None else annotation
-        fields[name] = (annotation, info)
-    # the picked fields keep their own checks (e.g. `a,b` -> [a, b] for list fields)
-    validators = {}
-    for vname, decorator in spec.__pydantic_decorators__.field_validators.items():
-        picked = tuple(f for f in decorator.info.fields if f in names)
-        if picked:
-            def check(value: Any, _original=getattr(spec, vname)) -> Any:  # the spec's own (cls, value) check;
-                return value if value is None else _original(value)     # None: "unset" where pick made it optional
-
-            validators[vname] = field_validator(*picked, mode=decorator.info.mode)(check)
-    return create_model(title, __base__=Spec, __validators__=validators, **fields)
 OPS = key("operational")
 DATA = key("data")
 WHERE = "sets where or how a trial runs, not what it learns: set it once in the base config"
-GEN = key("operational", tune="is how answers are generated, not what is trained")
 
 
-class ModelArgs(_Spec):
+class ModelArgs(Spec):
     model_name_or_path: Annotated[str | None, key("data", path="in")] = None
     """Base model: a local Hugging Face model directory (or a hub id where a hub is reachable)."""
 
-    checkpoint_dir: Annotated[list[str] | None, key(path="in")] = None
+    checkpoint_dir: Annotated[CommaList[str] | None, key(path="in")] = None
     """Adapter checkpoint(s) to load on top of the base model, comma separated (CareGPT spelling)."""
 
-    adapter_name_or_path: Annotated[list[str] | None, key(path="in")] = None
+    adapter_name_or_path: Annotated[CommaList[str] | None, key(path="in")] = None
     """Alias of checkpoint_dir (LLaMA-Factory spelling)."""
 
     trust_remote_code: Annotated[bool, DATA] = False
@@ -100,7 +37,7 @@ class ModelArgs(_Spec):
     use_fast_tokenizer: Annotated[bool, DATA] = True
     """Use the Rust (fast) tokenizer."""
 
-    quantization_bit: int | None = None
+    quantization_bit: QuantizationBit = None
     """Load the base model quantised to 4 or 8 bits with bitsandbytes (QLoRA); requires finetuning_type lora."""
 
     quantization_type: Literal["nf4", "fp4"] = "nf4"
@@ -115,27 +52,14 @@ class ModelArgs(_Spec):
     use_cache: Annotated[bool, OPS] = False
     """Keep the KV cache during training (accepted for compatibility; training turns it off)."""
 
-    @field_validator("quantization_bit")
-    @classmethod
-    def _bits(cls, value: int | None) -> int | None:
-        if value not in (None, 4, 8):
-            raise ValueError("must be 4 or 8 (bitsandbytes k-bit quantisation)")
-        return value
-
-    @field_validator("checkpoint_dir", "adapter_name_or_path", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return split_commas(value)
-
     @model_validator(mode="after")
     def _merge_adapter_alias(self) -> ModelArgs:
-        if self.adapter_name_or_path and not self.checkpoint_dir:
-            object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        adopt_adapter_alias(self)
         return self
 
 
-class DataArgs(_Spec):
-    dataset: Annotated[list[str] | None, DATA] = None
+class DataArgs(Spec):
+    dataset: Annotated[CommaList[str] | None, DATA] = None
     """Dataset names from dataset_info.json (or paths to data files), comma separated."""
 
     dataset_dir: Annotated[str, key("data", path="in")] = "data"
@@ -159,7 +83,7 @@ class DataArgs(_Spec):
     mix_strategy: Annotated[Literal["concat", "interleave_under", "interleave_over"], DATA] = "concat"
     """How several datasets combine: one after the other, or interleaved (stop at the shortest / longest)."""
 
-    interleave_probs: Annotated[list[float] | None, DATA] = None
+    interleave_probs: Annotated[CommaList[float] | None, DATA] = None
     """Sampling probabilities per dataset for interleaving, comma separated."""
 
     overwrite_cache: Annotated[bool, key("operational", tune="changes the tokenized data (prepared once for all trials) or the model it comes from")] = False
@@ -187,16 +111,6 @@ class DataArgs(_Spec):
     streaming: Annotated[bool, OPS] = False
     """Accepted for compatibility: the Ray Data pipeline always streams."""
 
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _dataset_list(cls, value: Any) -> Any:
-        return split_commas(value)
-
-    @field_validator("interleave_probs", mode="before")
-    @classmethod
-    def _probs_list(cls, value: Any) -> Any:
-        return split_commas(value)
-
     @field_validator("cutoff_len")
     @classmethod
     def _positive_cutoff(cls, value: int) -> int:
@@ -205,14 +119,14 @@ class DataArgs(_Spec):
         return value
 
 
-class FinetuneArgs(_Spec):
+class FinetuneArgs(Spec):
     stage: Annotated[Literal["pt", "sft", "rm", "dpo", "ppo"], key(tune="fixes the stage: one stage per experiment")] = "sft"
     """Training stage: pretraining, supervised fine-tuning, reward model, DPO or PPO."""
 
     finetuning_type: Literal["lora", "freeze", "full"] = "lora"
     """Which parameters train: LoRA adapters, the last layers only (freeze), or all of them."""
 
-    lora_target: list[str] = ["q_proj", "v_proj"]
+    lora_target: CommaList[str] = ["q_proj", "v_proj"]
     """Module names that get LoRA adapters, comma separated, or `all` for every linear layer."""
 
     lora_rank: int = 8
@@ -266,11 +180,6 @@ class FinetuneArgs(_Spec):
     ppo_temperature: float = 1.0
     """PPO: sampling temperature while generating experience."""
 
-    @field_validator("lora_target", mode="before")
-    @classmethod
-    def _targets(cls, value: Any) -> Any:
-        return split_commas(value)
-
     @field_validator("lora_rank")
     @classmethod
     def _rank(cls, value: int) -> int:
@@ -283,7 +192,7 @@ class FinetuneArgs(_Spec):
         return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
 
-class TrainArgs(_Spec):
+class TrainArgs(Spec):
     do_train: Annotated[bool | None, OPS] = None
     """Train. Default: true, unless --do_predict or --do_eval asks for a prediction / evaluation run instead."""
 
@@ -366,14 +275,9 @@ class TrainArgs(_Spec):
     predict_with_generate: Annotated[bool, OPS] = False
     """Generate answers when predicting / evaluating (prediction always generates; do_eval without do_train needs it)."""
 
-    report_to: Annotated[list[Literal["none", "tensorboard", "wandb", "mlflow"]], OPS] = ["none"]
+    report_to: Annotated[CommaList[Literal["none", "tensorboard", "wandb", "mlflow"]], OPS] = ["none"]
     """Extra loggers besides Ray and trainer_log.jsonl, comma separated: tensorboard (event files in
     OUTPUT_DIR/runs, from rank 0), wandb, mlflow (each needs its package installed), or none."""
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _loggers(cls, value: Any) -> Any:
-        return split_commas(value)
 
     @model_validator(mode="after")
     def _precision(self) -> TrainArgs:
@@ -393,60 +297,7 @@ class TrainArgs(_Spec):
         return [r for r in self.report_to if r != "none"]
 
 
-class GenerationArgs(_Spec):
-    """How answers are decoded: one spec for predict, eval, chat and serve (`temperature: 0.7` in any of their YAMLs).
-
-    Unset do_sample means: sample when temperature (> 0), top_p or top_k is given, else decode greedily.
-    """
-
-    max_new_tokens: Annotated[int, key(tune="is how answers are generated (PPO: experience length): set it once in the base config")] = Field(default=512, ge=1)
-    """Longest generated answer in tokens."""
-
-    do_sample: Annotated[bool | None, GEN] = None
-    """Sample (true) or decode greedily (false, deterministic). Default: sample when a temperature > 0, top_p or top_k is given."""
-
-    temperature: Annotated[float | None, GEN] = Field(default=None, ge=0.0)
-    """Sampling temperature (default 1.0 when sampling; 0 means greedy decoding)."""
-
-    top_p: Annotated[float | None, GEN] = Field(default=None, gt=0.0, le=1.0)
-    """Nucleus sampling: keep the most likely tokens up to this probability mass (default 1.0)."""
-
-    top_k: Annotated[int | None, GEN] = Field(default=None, ge=0)
-    """Sample among the k most likely tokens (default 50; 0: no limit)."""
-
-    repetition_penalty: Annotated[float, GEN] = Field(default=1.0, gt=0.0)
-    """Penalise repeated tokens; > 1 discourages repetition, 1 is off."""
-
-    @model_validator(mode="after")
-    def _sampling(self) -> GenerationArgs:
-        if self.do_sample and self.temperature == 0:
-            raise ValueError("temperature=0 must be > 0 with do_sample (or drop do_sample for greedy decoding)")
-        knobs = [k for k in ("temperature", "top_p", "top_k") if getattr(self, k) not in (None, 0)]
-        if self.do_sample is False and knobs:
-            raise ValueError(f"do_sample false decodes greedily, so {', '.join(knobs)} would be ignored: drop them or do_sample false")
-        return self
-
-    @property
-    def sampling(self) -> bool:
-        if self.do_sample is not None:
-            return self.do_sample
-        if self.temperature is not None:
-            return self.temperature > 0
-        return self.top_p is not None or bool(self.top_k)
-
-    def resolved(self) -> dict[str, Any]:
-        """Concrete decoding settings (what the generation code takes)."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.sampling,
-            "temperature": self.temperature if self.temperature else 1.0,
-            "top_p": self.top_p if self.top_p is not None else 1.0,
-            "top_k": self.top_k if self.top_k is not None else 50,
-            "repetition_penalty": self.repetition_penalty,
-        }
-
-
-class RayArgs(_Spec):
+class RayArgs(Spec):
     ray_address: Annotated[str | None, OPS] = None
     """Ray cluster to run on (`auto`, `ray://host:10001`, ...). Default: RAY_ADDRESS, else an embedded local Ray."""
 
@@ -480,7 +331,7 @@ class RayArgs(_Spec):
         return None if value is None else str(value)
 
 
-GROUPS: dict[str, type[_Spec]] = {
+GROUPS: dict[str, type[Spec]] = {
     "model": ModelArgs,
     "data": DataArgs,
     "finetune": FinetuneArgs,

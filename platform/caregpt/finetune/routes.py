@@ -74,6 +74,20 @@ def mount(app: FastAPI, router: Any, authenticate: Callable[[Request], str | Non
     def owner(request: Request) -> str:
         return owner_of(authenticate(request))
 
+    def owned(lookup: Callable[[str, str], dict[str, Any] | None], what: str, param: str) -> Callable[[Request, str], dict[str, Any]]:
+        """The caller's object by id; another key's object, like a missing one, is a 404 (ids never leak across keys)."""
+
+        def get(request: Request, object_id: str) -> dict[str, Any]:
+            row = lookup(owner(request), object_id)
+            if row is None:
+                raise not_found(what, object_id, param)
+            return row
+
+        return get
+
+    own_file = owned(state.file, "file", "file_id")
+    own_job = owned(state.job, "fine-tuning job", "fine_tuning_job_id")
+
     async def json_body(request: Request) -> dict[str, Any]:
         try:
             data = json.loads(await request.body() or b"null")
@@ -118,12 +132,6 @@ def mount(app: FastAPI, router: Any, authenticate: Callable[[Request], str | Non
         rows = state.files(owner(request), limit + 1, request.query_params.get("after"), request.query_params.get("purpose"))
         return _page([file_object(r) for r in rows], limit)
 
-    def own_file(request: Request, file_id: str) -> dict[str, Any]:
-        row = state.file(owner(request), file_id)
-        if row is None:
-            raise not_found("file", file_id, "file_id")
-        return row
-
     @api.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str, request: Request):
         return file_object(own_file(request, file_id))
@@ -165,12 +173,6 @@ def mount(app: FastAPI, router: Any, authenticate: Callable[[Request], str | Non
         state.add_event(job["id"], "created", f"Created fine-tuning job: {job['id']}")
         service.wake()
         return job_object(job)
-
-    def own_job(request: Request, job_id: str) -> dict[str, Any]:
-        job = state.job(owner(request), job_id)
-        if job is None:
-            raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
-        return job
 
     @api.get("/v1/fine_tuning/jobs")
     async def list_jobs(request: Request):

@@ -15,13 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from caregpt.config.loader import ConfigError, read_yaml
-from caregpt.config.specs import key
-from caregpt.config.specs import split_commas as _split_commas
+from caregpt.config.fields import CommaList, QuantizationBit, adopt_adapter_alias, key, split_commas
 from caregpt.finetune.settings import FinetuneSettings, parse_finetune
 
 API_KEYS_ENV = "CAREGPT_API_KEYS"
-
-
 
 
 class ServeConfig(BaseModel):
@@ -31,10 +28,10 @@ class ServeConfig(BaseModel):
     model_name_or_path: Annotated[str, key(path="in")]
     """Model to serve: a local Hugging Face model directory (a merged/exported model, or the base of checkpoint_dir)."""
 
-    checkpoint_dir: Annotated[list[str] | None, key(path="in")] = None
+    checkpoint_dir: Annotated[CommaList[str] | None, key(path="in")] = None
     """LoRA adapter(s) merged into the base at load time, comma separated (CareGPT's base + adapter serving)."""
 
-    adapter_name_or_path: Annotated[list[str] | None, key(path="in")] = None
+    adapter_name_or_path: Annotated[CommaList[str] | None, key(path="in")] = None
     """Alias of checkpoint_dir (LLaMA-Factory spelling)."""
 
     finetuning_type: Literal["lora", "freeze", "full"] = "lora"
@@ -56,7 +53,7 @@ class ServeConfig(BaseModel):
     trust_remote_code: bool = False
     """Allow model code shipped inside the model directory to run. Off unless you trust the source."""
 
-    quantization_bit: int | None = None
+    quantization_bit: QuantizationBit = None
     """Load the model quantised to 4 or 8 bits with bitsandbytes."""
 
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
@@ -122,13 +119,13 @@ class ServeConfig(BaseModel):
     """Answer unknown `model` names with the base model (CareGPT api_demo behaviour) instead of 404."""
 
     # ---- security and operations -------------------------------------------------------------
-    api_keys: list[str] | None = None
+    api_keys: CommaList[str] | None = None
     """Accepted API keys (Authorization: Bearer KEY), comma separated. Also read from the CAREGPT_API_KEYS environment variable. None set = no auth."""
 
     api_keys_file: Annotated[str | None, key(path="in")] = None
     """File with one accepted API key per line (keeps keys out of configs that the dashboard shows)."""
 
-    cors_allow_origins: list[str] = ["*"]
+    cors_allow_origins: CommaList[str] = ["*"]
     """Origins browsers may call the API from (ChatGPT-Next-Web and other web clients), comma separated."""
 
     log_prompts: bool = False
@@ -239,11 +236,6 @@ class ServeConfig(BaseModel):
     ray_address: str | None = None
     """Ray cluster to deploy on. Default: RAY_ADDRESS, else an embedded local Ray."""
 
-    @field_validator("checkpoint_dir", "adapter_name_or_path", "api_keys", "cors_allow_origins", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return _split_commas(value)
-
     @field_validator("knowledge_bases", mode="before")
     @classmethod
     def _kb_map(cls, value: Any) -> Any:
@@ -262,17 +254,9 @@ class ServeConfig(BaseModel):
     def _finetune(cls, value: Any) -> Any:
         return parse_finetune(value)
 
-    @field_validator("quantization_bit")
-    @classmethod
-    def _bits(cls, value: int | None) -> int | None:
-        if value not in (None, 4, 8):
-            raise ValueError("must be 4 or 8")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
-        if self.adapter_name_or_path and not self.checkpoint_dir:
-            object.__setattr__(self, "checkpoint_dir", self.adapter_name_or_path)
+        adopt_adapter_alias(self)
         if self.checkpoint_dir and self.finetuning_type != "lora":
             raise ValueError(f"finetuning_type={self.finetuning_type} with checkpoint_dir: a {self.finetuning_type} fine-tune is a "
                              "whole model, pass it as --model_name_or_path (checkpoint_dir holds LoRA adapters)")
@@ -296,7 +280,7 @@ class ServeConfig(BaseModel):
             if not path.is_file():
                 raise ConfigError(f"api_keys_file {str(path)!r} does not exist")
             keys += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
-        keys += _split_commas(os.environ.get(API_KEYS_ENV, "")) or []
+        keys += split_commas(os.environ.get(API_KEYS_ENV, "")) or []
         return [k for k in dict.fromkeys(keys) if k]
 
     def public(self) -> dict[str, Any]:

@@ -40,12 +40,19 @@ import time
 import h11
 from pydantic import Field
 
-from caregpt.config.specs import Spec
+from caregpt.config.fields import Spec
+from caregpt.config.pick import pick
+from caregpt.serve.config import ServeConfig
 
 logger = logging.getLogger("caregpt.serve.front")
 
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"content-length", b"expect"}
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+# the limits `caregpt serve` passes on are declared once, in ServeConfig: names, defaults, checks and help text
+FRONT_KEYS = ("header_timeout_s", "body_timeout_s", "max_connections", "max_request_bytes")
+_DEFAULT = {k: ServeConfig.model_fields[k].default for k in (*FRONT_KEYS, "request_timeout_s")}
+RESPONSE_GRACE_S = 60  # an upstream response may stay silent this much longer than the router's own request timeout
 
 
 def raise_open_files_limit() -> int:
@@ -70,8 +77,9 @@ class _Refused(Exception):
 
 
 class FrontProxy:
-    def __init__(self, upstream: tuple[str, int], *, header_timeout_s: float = 10.0, body_timeout_s: float = 30.0, response_timeout_s: float = 660.0,
-                 max_connections: int = 10000, max_request_bytes: int = 1_048_576, max_header_bytes: int = 32768):
+    def __init__(self, upstream: tuple[str, int], *, header_timeout_s: float = _DEFAULT["header_timeout_s"], body_timeout_s: float = _DEFAULT["body_timeout_s"],
+                 response_timeout_s: float = _DEFAULT["request_timeout_s"] + RESPONSE_GRACE_S, max_connections: int = _DEFAULT["max_connections"],
+                 max_request_bytes: int = _DEFAULT["max_request_bytes"], max_header_bytes: int = 32768):
         self.upstream = upstream
         self.header_timeout_s, self.body_timeout_s, self.response_timeout_s = header_timeout_s, body_timeout_s, response_timeout_s
         self.max_connections, self.max_request_bytes, self.max_header_bytes = max_connections, max_request_bytes, max_header_bytes
@@ -234,10 +242,9 @@ def _too_large(limit: int) -> bytes:
     return _error(413, "Payload Too Large", f"The request body is larger than {limit} bytes (max_request_bytes); shorten the messages.", "request_too_large")
 
 
-def options_from_config(config) -> dict:
+def options_from_config(config: ServeConfig) -> dict:
     """FrontProxy keyword arguments from a ServeConfig."""
-    return {"header_timeout_s": config.header_timeout_s, "body_timeout_s": config.body_timeout_s, "response_timeout_s": config.request_timeout_s + 60,
-            "max_connections": config.max_connections, "max_request_bytes": config.max_request_bytes}
+    return {**{k: getattr(config, k) for k in FRONT_KEYS}, "response_timeout_s": config.request_timeout_s + RESPONSE_GRACE_S}
 
 
 class FrontThread:
@@ -266,30 +273,21 @@ def _address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-class FrontArgs(Spec):
+class _FrontOnlyArgs(Spec):
     listen: str
     """HOST:PORT clients connect to (e.g. 0.0.0.0:8000)."""
 
     upstream: str
     """HOST:PORT of Ray Serve's HTTP proxy (e.g. 127.0.0.1:8001)."""
 
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    """Close connections whose headers are not complete after this many seconds."""
-
-    body_timeout_s: float = Field(default=30.0, gt=0)
-    """408 when the body has not arrived this many seconds after the headers."""
-
-    response_timeout_s: float = Field(default=660.0, gt=0)
-    """Give up on an upstream response silent this long."""
-
-    max_connections: int = Field(default=10000, ge=1)
-    """Open client connections; at the cap the oldest one without headers is closed."""
-
-    max_request_bytes: int = Field(default=1_048_576, gt=0)
-    """413 above this body size (default 1 MiB)."""
+    response_timeout_s: float = Field(default=_DEFAULT["request_timeout_s"] + RESPONSE_GRACE_S, gt=0)
+    """Give up on an upstream response silent this long (caregpt serve: request_timeout_s + 60)."""
 
     drain_timeout_s: float = Field(default=25.0, ge=0)
     """On SIGTERM, how long forwarded requests may finish."""
+
+
+FrontArgs = pick(ServeConfig, FRONT_KEYS, "FrontArgs", base=_FrontOnlyArgs)
 
 
 FRONT_USAGE = "python -m caregpt.serve.front --listen HOST:PORT --upstream HOST:PORT [--key value ...]"
@@ -316,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caregpt front: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    proxy = FrontProxy(_address(args.upstream), header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s, response_timeout_s=args.response_timeout_s,
-                       max_connections=args.max_connections, max_request_bytes=args.max_request_bytes)
+    proxy = FrontProxy(_address(args.upstream), response_timeout_s=args.response_timeout_s, **{k: getattr(args, k) for k in FRONT_KEYS})
 
     async def run() -> None:
         host, port = _address(args.listen)
