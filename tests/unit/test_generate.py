@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,6 +128,8 @@ def test_left_pad_and_bad_prompts():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match=r"prompts \[1\] are empty"):
         left_pad([[5], []], pad_id=0)
+    with pytest.raises(ValueError, match=r"stop_ids=\[\]"):
+        generate_batch(object(), SimpleNamespace(eos_token_id=None, encode=lambda *a, **k: []), [[5]], stop_ids=[])
     assert GenerationSettings().hf_kwargs() == {"max_new_tokens": 512, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
 

@@ -123,6 +123,8 @@ def generate_batch(
         return []
     found_ids, text_stops = stop_token_ids(tokenizer, stop_strings, model)
     stops = list(found_ids if stop_ids is None else stop_ids)
+    if stop_ids is not None and not stops:  # transformers would fall back to the generation config's eos
+        raise ValueError("stop_ids=[]: leave stop_ids unset for eos and the template's one-token stops")
     pad = default_pad_id(tokenizer, stops) if pad_id is None else int(pad_id)
     device = next(model.parameters()).device
     input_ids, attention = left_pad(prompts, pad, device)
