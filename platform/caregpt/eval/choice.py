@@ -15,7 +15,8 @@ item, 1/(2^options - 1) for a declared multi-answer one) and the majority letter
 that is most often right in this very set, the best constant answer); it also reports how often the model gave
 its most frequent answer, so a model that answers "A" to everything is visible.
 
-Generate-then-parse: greedy generation from the same prompt, then
+Generate-then-parse: greedy generation from the same prompt (the one batched generation path,
+:func:`caregpt.models.generate.generate_batch`), then
 :func:`caregpt.eval.choice_parse.extract_choice`; replies it cannot read are "unparsed" (scored wrong,
 their ids reported).
 
@@ -69,11 +70,6 @@ def load_eval_model(model_name_or_path: str, checkpoint_dir: list[str] | None = 
     return loaded.model, loaded.tokenizer, loaded.template
 
 
-def _max_positions(model) -> int | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "max_position_embeddings", None)
-
-
 # ---- prompts -----------------------------------------------------------------------------------
 
 def answer_tokens(template, tokenizer, letters: str) -> tuple[list[int], dict[str, int]]:
@@ -123,18 +119,6 @@ def _batches(lengths: list[int], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def _left_padded(rows: list[list[int]], pad_id: int, device):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 # ---- scoring -----------------------------------------------------------------------------------
 
 _MULTI_TYPE = re.compile(r"多选|多项|不定项|multiple|multi|select all|choose all|all that apply", re.IGNORECASE)
@@ -163,10 +147,14 @@ def likelihood_predictions(model, tokenizer, items, prompts, letter_ids: dict[st
                            progress: Callable | None = None) -> list[dict]:
     import torch
 
+    from caregpt.models.generate import left_pad
+    from caregpt.models.inference import default_pad_id
+
     results: list[dict | None] = [None] * len(items)
     device = next(model.parameters()).device
+    pad = default_pad_id(tokenizer, [])
     for batch in _batches([len(p[0]) for p in prompts], batch_size):
-        ids, mask = _left_padded([prompts[i][0] for i in batch], tokenizer.pad_token_id, device)
+        ids, mask = left_pad([prompts[i][0] for i in batch], pad, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
         with torch.inference_mode():
             try:
@@ -185,37 +173,17 @@ def likelihood_predictions(model, tokenizer, items, prompts, letter_ids: dict[st
     return results  # type: ignore[return-value]
 
 
-def _stop_ids(template, tokenizer) -> list[int]:
-    # single-token stops end generation early; longer ones are cut afterwards (the inference loader's rule)
-    from caregpt.models.inference import stop_token_ids
-
-    return stop_token_ids(tokenizer, template.stop_strings)[0]
-
-
-def _cut(text: str, stops: tuple[str, ...]) -> str:
-    from caregpt.models.inference import cut_at_stops
-
-    return cut_at_stops(text, stops)
-
-
 def generate_predictions(model, tokenizer, template, items, prompts, batch_size: int, max_new_tokens: int,
                          progress: Callable | None = None) -> list[dict]:
-    import torch
+    """Greedy answers from the one batched generation path, read with extract_choice."""
+    from caregpt.models.generate import GenerationSettings, generate_batch
 
     results: list[dict | None] = [None] * len(items)
-    device = next(model.parameters()).device
-    stops = _stop_ids(template, tokenizer)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
     for batch in _batches([len(p[0]) for p in prompts], batch_size):
-        ids, mask = _left_padded([prompts[i][0] for i in batch], tokenizer.pad_token_id, device)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 temperature=None, top_p=None, top_k=None, eos_token_id=stops,
-                                 pad_token_id=tokenizer.pad_token_id)
-        for row, index in enumerate(batch):
-            text = _cut(tokenizer.decode(out[row, ids.shape[1]:].tolist(), skip_special_tokens=False), template.stop_strings)
-            for special in (tokenizer.pad_token, tokenizer.eos_token):
-                text = text.replace(special, "") if special else text
-            results[index] = {"predicted": extract_choice(text, items[index].options), "output": text.strip()}
+        answers = generate_batch(model, tokenizer, [prompts[i][0] for i in batch], settings, stop_strings=template.stop_strings)
+        for index, answer in zip(batch, answers):
+            results[index] = {"predicted": extract_choice(answer.text, items[index].options), "output": answer.text}
         if progress:
             progress(len(batch))
     return results  # type: ignore[return-value]
@@ -224,9 +192,11 @@ def generate_predictions(model, tokenizer, template, items, prompts, batch_size:
 def score_items(model, tokenizer, template, items: list[ChoiceItem], pool: list[ChoiceItem], settings: ChoiceSettings,
                 progress: Callable | None = None) -> list[dict]:
     """One prediction row per item, in item order: id, subject, answer, predicted, parsed, correct, ..."""
+    from caregpt.models.inference import max_positions
+
     if settings.method not in METHODS:
         raise ConfigError(f"method={settings.method!r}; use one of {', '.join(METHODS)}")
-    limits = [x for x in (_max_positions(model), settings.cutoff_len) if x]
+    limits = [x for x in (max_positions(model), settings.cutoff_len) if x]
     max_len = min(limits) if limits else None
     if settings.method == "likelihood":
         suffix, letter_ids = answer_tokens(template, tokenizer, "".join(sorted({k for i in items for k in i.options})))

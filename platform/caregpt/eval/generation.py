@@ -6,10 +6,9 @@ answers batch after batch. Prompts go through the same chat template code as tra
 (``Template.encode_prompt``), so the model sees exactly the prompt layout it was trained on. The
 model, template and stop ids come from the one inference loader (:mod:`caregpt.models.inference`).
 
-Batched generation pads on the LEFT, so every row's last prompt token sits at the same position and
-new tokens are appended after it for the whole batch (verified: a left-padded batch yields the same
-greedy tokens as one row alone). Generation stops at the tokenizer's eos and at the template's stop
-strings; the answer is cut at the first of them.
+Answers come from the one batched generation path (:func:`caregpt.models.generate.generate_batch`):
+a left-padded batch (the same greedy tokens as each row alone), stopped at the tokenizer's eos and
+the template's stop strings, each answer cut at the first of them.
 """
 
 from __future__ import annotations
@@ -17,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import pyarrow as pa
 
-from caregpt.models.inference import cut_at_stops
+from caregpt.models.generate import GenerationSettings, generate_batch
+
+__all__ = ["OUTPUT_SCHEMA", "GenerationSettings", "PromptGenerator", "split_prompt"]  # settings: the shared spec, re-exported
 
 logger = logging.getLogger("caregpt.eval.generation")
 
@@ -40,29 +39,6 @@ OUTPUT_SCHEMA = pa.schema(
         ("prompt_truncated", pa.bool_()),
     ]
 )
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How answers are sampled. The default is greedy: deterministic, and what CareGPT's predict does."""
-
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    def hf_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        return kwargs
 
 
 def split_prompt(roles: list[str], contents: list[str]) -> tuple[list[dict[str, str]], str]:
@@ -90,10 +66,8 @@ class PromptGenerator:
         loaded = load_for_inference(InferenceSpec.from_run_config(config, device=device))
         self.tokenizer, self.template, self.model = loaded.tokenizer, loaded.template, loaded.model
         self.cutoff_len = config.data.cutoff_len
-        self.device = torch.device(device)
-        self.eos_ids, self.multi_stops = loaded.stop_ids, loaded.text_stops
+        self.stop_ids, self.pad_id = loaded.stop_ids, loaded.pad_id
         self.stop_strings = list(self.template.stop_strings)
-        self.pad_id = loaded.pad_id
         logger.info("generator ready on %s (pid %s, %s threads)", device, os.getpid(), torch.get_num_threads())
 
     def _encode(self, prompt: list[dict[str, str]]) -> tuple[list[int], bool]:
@@ -102,30 +76,6 @@ class PromptGenerator:
             # keep the end: the latest question and the generation prompt matter most
             return ids[-self.cutoff_len :], True
         return ids, False
-
-    def _generate(self, prompts: list[list[int]]) -> list[list[int]]:
-        import torch
-
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
-        kwargs = self.settings.hf_kwargs()
-        if self.multi_stops:
-            kwargs.update(stop_strings=self.multi_stops, tokenizer=self.tokenizer)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id,
-                **kwargs,
-            )
-        new = out[:, width:].tolist()
-        stops = set(self.eos_ids)
-        return [ids[: next((i for i, t in enumerate(ids) if t in stops), len(ids))] for ids in new]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -151,10 +101,11 @@ class PromptGenerator:
         predictions = [""] * len(rows)
         new_tokens = [0] * len(rows)
         if todo:
-            for (index, _), ids in zip(todo, self._generate([ids for _, ids in todo])):
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                predictions[index] = cut_at_stops(text, self.stop_strings)
-                new_tokens[index] = len(ids)
+            answers = generate_batch(self.model, self.tokenizer, [ids for _, ids in todo], self.settings,
+                                     stop_strings=self.stop_strings, stop_ids=self.stop_ids, pad_id=self.pad_id)
+            for (index, _), answer in zip(todo, answers):
+                predictions[index] = answer.text
+                new_tokens[index] = len(answer.ids)
         out["prediction"] = predictions
         out["new_tokens"] = new_tokens
         return pa.table(out, schema=OUTPUT_SCHEMA)

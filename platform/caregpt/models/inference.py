@@ -193,6 +193,13 @@ def cut_at_stops(text: str, stop_strings: Iterable[str]) -> str:
     return text[:cut].strip()
 
 
+def default_pad_id(tokenizer: Any, stop_ids: Iterable[int]) -> int:
+    """The tokenizer's pad id, else the first stop id (rows that finished early are filled with it), else 0."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return next((int(i) for i in stop_ids), 0)
+
+
 def max_positions(model: Any) -> int | None:
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return getattr(config, "max_position_embeddings", None)
@@ -321,7 +328,6 @@ def load_for_inference(spec: InferenceSpec) -> LoadedModel:
     template = bind_template(resolve_template(spec.template, spec.adapters, source, tokenizer), tokenizer)
     model = load_inference_model(spec)
     stop_ids, text_stops = stop_token_ids(tokenizer, template.stop_strings, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -329,6 +335,6 @@ def load_for_inference(spec: InferenceSpec) -> LoadedModel:
         spec=spec,
         stop_ids=stop_ids,
         text_stops=text_stops,
-        pad_id=int(pad),
+        pad_id=default_pad_id(tokenizer, stop_ids),
         max_positions=max_positions(model) or 2048,
     )

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from caregpt.models.inference import default_pad_id, max_positions, stop_token_ids
 from caregpt.serve.engine import GenerationOutput, GenerationRequest
 from caregpt.serve.sampling import RowSampler
 from caregpt.serve.textstream import IncrementalText
@@ -23,22 +24,6 @@ logger = logging.getLogger("caregpt.serve.hf_engine")
 
 Batching = Literal["continuous"]
 BATCHING_CHOICES: tuple[str, ...] = ("continuous",)
-
-
-def _stop_token_ids(model: Any, tokenizer: Any, stop_strings: tuple[str, ...]) -> list[int]:
-    """EOS ids (generation config, then tokenizer) plus template stop strings that are single tokens."""
-    ids: set[int] = set()
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in eos if isinstance(eos, (list, tuple)) else [eos]:
-        if isinstance(value, int) and value >= 0:
-            ids.add(value)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    vocab = tokenizer.get_vocab()
-    for stop in stop_strings:
-        if stop in vocab:  # e.g. <|im_end|>: stop on the token, and it never shows in the text
-            ids.add(int(vocab[stop]))
-    return sorted(ids)
 
 
 class TransformersEngine:
@@ -57,12 +42,13 @@ class TransformersEngine:
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        positions = getattr(model.config, "max_position_embeddings", None) or 2048
+        positions = max_positions(model) or 2048
         self.max_model_len = min(max_model_len or positions, positions)
-        self.stop_ids = _stop_token_ids(model, tokenizer, template_stops)
-        # template stops that are not single tokens are matched on the text (e.g. "\nHuman:")
-        self.text_stops = tuple(s for s in template_stops if s not in tokenizer.get_vocab())
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids[0] if self.stop_ids else 0)
+        # eos and single-token template stops end a row on the token (the one rule batch generation uses);
+        # stops that span several tokens are matched on the text (e.g. "\nHuman:")
+        stop_ids, text_stops = stop_token_ids(tokenizer, template_stops, model)
+        self.stop_ids, self.text_stops = stop_ids, tuple(text_stops)
+        pad = default_pad_id(tokenizer, self.stop_ids)
         self.batching = batching
         if batching == "continuous":
             from caregpt.serve.hf_continuous import ContinuousBackend
