@@ -80,3 +80,71 @@ def test_access_log_fields_are_clipped_and_never_the_requested_model():
     record.model, record.error_code = "tiny\u2028\ud800", "x" * 1000
     line = json.dumps(record.as_log(), ensure_ascii=False)
     assert len(line) < 1000 and "\ud800" not in line
+
+
+class _Router:
+    """What the SSE path uses of the router: its admission gate and metrics."""
+
+    def __init__(self):
+        self.admission = Admission(1)
+        self.observed = []
+        self.metrics = type("M", (), {"observe": lambda _, record: self.observed.append(record.error_code)})()
+
+
+def _job():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(ref=SimpleNamespace(name="tiny"), n=1, prefix="", suffix="", citations=None, prompt_ids=[1, 2, 3], canned=None)
+
+
+async def _events(closed: list):
+    try:
+        yield [TokenEvent(0, "你好", 2, "stop")]
+    finally:
+        closed.append(True)
+
+
+def test_a_stream_the_client_never_read_gives_its_admission_slot_back():
+    import gc
+
+    from caregpt.serve.handlers import _sse
+    from caregpt.serve.sse import ChatChunks
+
+    async def go():
+        router, closed = _Router(), []
+        record = AccessRecord(request_id="r1", route="chat")
+        router.admission.enter()
+        events = _events(closed)
+        await events.asend(None)  # the replica's stream is open: its first tokens are on the way
+        response = _sse(router, events, ChatChunks(record, _job(), False), record)
+        del response, events  # the client hung up before the body was sent: nothing ever iterates it
+        gc.collect()
+        await asyncio.sleep(0)
+        router.admission.enter()  # the slot is free again (the limit is 1)
+        await asyncio.sleep(0.01)
+        return router, closed, record
+
+    router, closed, record = asyncio.run(go())
+    assert router.observed == ["client_disconnected"] and record.ended is not None  # logged once, as a hang-up
+    assert closed == [True]  # the model's stream was closed, not left generating
+
+
+def test_a_stream_read_to_the_end_leaves_once():
+    from caregpt.serve.handlers import _sse
+    from caregpt.serve.sse import ChatChunks
+
+    async def go():
+        router, closed = _Router(), []
+        record = AccessRecord(request_id="r2", route="chat")
+        router.admission.enter()
+        response = _sse(router, _events(closed), ChatChunks(record, _job(), False), record)
+        body = b"".join([part async for part in response.body_iterator])
+        del response
+        import gc
+
+        gc.collect()
+        return router, body
+
+    router, body = asyncio.run(go())
+    assert b"\xe4\xbd\xa0\xe5\xa5\xbd" in body and body.endswith(b"data: [DONE]\n\n")
+    assert router.observed == [None] and router.admission.active == 0  # left once, not twice

@@ -8,8 +8,10 @@ shares: admission (503 at once when the router is full), the body, error shapes 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,12 +79,34 @@ def _parse(model_cls, data: dict[str, Any]):
 
 
 def _sse(router: Any, events, chunks, record: AccessRecord) -> StreamingResponse:
+    ended = False
+
     def done(r: AccessRecord) -> None:
+        nonlocal ended
+        if ended:
+            return
+        ended = True
         router.admission.leave()
         finish(router, r)
 
     stream = write_stream(events, chunks, record, done)
+    # A client that hangs up before the first byte: the body generator is dropped without ever starting, so
+    # its `finally` never runs. Ending it when the generator is collected keeps the admission slot from
+    # leaking and stops the model's stream (the replica would otherwise generate for nobody).
+    weakref.finalize(stream, _never_started, done, record, events)
     return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _never_started(done: Callable[[AccessRecord], None], record: AccessRecord, events: Any) -> None:
+    if record.ended is not None:  # the stream ran and ended: nothing to do
+        return
+    record.error_code = record.error_code or "client_disconnected"
+    done(record)
+    if events is not None:
+        try:
+            asyncio.get_running_loop().create_task(events.aclose())
+        except RuntimeError:  # collected outside the event loop: the events generator is dropped with it
+            pass
 
 
 async def chat(router: Any, data: dict[str, Any], record: AccessRecord) -> Response:
