@@ -54,6 +54,8 @@ def _checkpoints(storage: Path) -> int:
 
 
 def test_killed_mid_sft_resumes_at_sft(test_data, tmp_path):
+    """SIGKILL to the driver and its embedded Ray mid-SFT, then the same command again: the steps that finished
+    are skipped and SFT continues from its last checkpoint (run_training's resume: a `caregpt train` rerun alike)."""
     path = _pipeline(tmp_path, test_data)
     run = tmp_path / "run"
     driver = subprocess.Popen([CAREGPT, "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -33,7 +33,7 @@ LENGTH = "--max_samples 8 --cutoff_len 128"  # the only change to the training c
 SFT_LLAMA2 = """train --stage sft --model_name_or_path models/llama --do_train --dataset mm,hm --template llama2
     --finetuning_type lora --quantization_bit 4 --lora_target q_proj,v_proj --output_dir output-2 --overwrite_cache
     --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --lr_scheduler_type cosine --logging_steps 1
-    --save_steps 1000 --learning_rate 5e-5 --num_train_epochs 1.0 --plot_loss --fp16 """ + LENGTH
+    --save_steps 1000 --learning_rate 5e-5 --num_train_epochs 2.0 --plot_loss --fp16 """ + LENGTH
 SFT_LLAMA = """train --stage sft --model_name_or_path models/llama --do_train --dataset mm,hm --template default
     --finetuning_type lora --lora_target q_proj,v_proj --output_dir output --overwrite_cache
     --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --lr_scheduler_type cosine --logging_steps 1
@@ -90,6 +90,8 @@ def test_sft_commands_train_with_relative_paths_and_say_the_real_precision(scrat
         assert (scratch / out / "adapter_model.safetensors").is_file() and (scratch / out / "training_loss.png").is_file()
         results = json.loads((scratch / out / "all_results.json").read_text())
         assert results["records_used"] == 16  # 8 from each of mm and hm
+        # 16 records / (4 per device x 4 accumulated) = one step an epoch; output-2 trains two epochs
+        assert results["step"] == (2 if out == "output-2" else 1), results
         log = (scratch / f"{out}.log").read_text()
         # --fp16 on a CPU-only machine: one clear line saying what is really used
         notes = [line for line in log.splitlines() if "fp16 needs a GPU" in line]
