@@ -73,15 +73,32 @@ def test_serve_command_answers_and_drains_on_ctrl_c(tiny_model, tmp_path):
         busy = next(r for r in replies if r.status_code == 503)
         assert int(busy.headers["retry-after"]) >= 1 and busy.json()["error"]["code"] == "server_overloaded"
 
+        # The burst's streams close on the replica a moment after their HTTP responses: until then the one
+        # engine slot still looks taken. Wait until a request is admitted again, as a client honouring
+        # Retry-After would, so the two requests below really are one generating and one queued.
+        deadline = time.monotonic() + 60
+        while httpx.post(url, json={**long_body, "max_tokens": 1}, headers=headers, timeout=60).status_code != 200:
+            assert time.monotonic() < deadline, "the server never became free again after the burst"
+            time.sleep(1.0)
+        time.sleep(1.0)
+
         results: list = []
+        signal_sent = threading.Event()
 
         def long_request():
-            results.append(httpx.post(url, json={**long_body, "max_tokens": 120}, headers=headers, timeout=120))
+            for _ in range(10):  # a 503 before the signal is the slot still closing: retry, as the openai client does
+                response = httpx.post(url, json={**long_body, "max_tokens": 120}, headers=headers, timeout=120)
+                if response.status_code != 503 or signal_sent.is_set():
+                    break
+                time.sleep(0.3)
+            results.append(response)
 
         inflight = [threading.Thread(target=long_request) for _ in range(2)]  # one generating, one queued
         for thread in inflight:
             thread.start()
-        time.sleep(1.0)  # the requests are in flight when the signal comes
+            time.sleep(0.3)  # the first is on the replica before the second arrives
+        time.sleep(1.5)  # the requests are in flight when the signal comes
+        signal_sent.set()
         signalled = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, as docker stop / systemd / Kubernetes do
         assert proc.wait(timeout=60) == 0
