@@ -21,6 +21,9 @@ SAMPLE_DATA = REPO / "platform" / "caregpt" / "resources" / "sample_data"
 os.environ.setdefault("CAREGPT_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train polls its workers every 2 s by default and each report() waits for a poll; a tiny test run is
+# mostly that wait. Set before any Ray starts, so the local raylets and every CLI subprocess inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session")

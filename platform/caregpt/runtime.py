@@ -8,6 +8,8 @@ import os
 
 logger = logging.getLogger(__name__)
 MIN_LOCAL_CPUS = 4
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+DEFAULT_TRAIN_POLL_S = "0.5"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -19,6 +21,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """
     import ray
 
+    # Ray Train's controller polls its workers every 2 s by default, and a worker's report() (metrics or a
+    # checkpoint) waits for that poll: a short run spent ~10 of its 22 s waiting (measured on 2 CPU cores).
+    # Drivers pass this variable on to the controller; a cluster that wants fewer polls sets it higher.
+    os.environ.setdefault(TRAIN_POLL_ENV, DEFAULT_TRAIN_POLL_S)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
