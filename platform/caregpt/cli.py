@@ -161,8 +161,11 @@ def cmd_train(argv: list[str]) -> int:
         ))
         return 0
     from caregpt.config.loader import load_from_argv
+    from caregpt.console import quiet_at_terminal
 
-    return run_train_verb(load_from_argv(argv))
+    config = load_from_argv(argv)
+    with quiet_at_terminal(config.train.output_dir):
+        return run_train_verb(config)
 
 
 def run_train_verb(config) -> int:

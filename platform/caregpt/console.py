@@ -20,6 +20,7 @@ descriptors. Nothing here logs or prints patient text.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 
 
 # Ray prints what its workers write from this module of the driver (print_worker_logs)
@@ -154,3 +155,21 @@ def quiet_internals(path: str | Path) -> InternalsLog:
     global _active
     _active = InternalsLog(path, console_out, (saved_out, saved_err), streams, [(handler, ours)])
     return _active
+
+
+@contextlib.contextmanager
+def quiet_at_terminal(workdir: str | Path | None) -> Iterator[InternalsLog | None]:
+    """quiet_internals for a verb a person runs at a terminal; the internals go to workdir/logs/.
+
+    Only when stdout is a terminal and CAREGPT_VERBOSE is not 1: output read by a program (a pipe, `ray job
+    submit`, CI, the fine-tuning service's runner) stays complete. Enter it before Ray starts.
+    """
+    if verbose_requested() or not sys.stdout.isatty() or is_quiet():
+        yield None
+        return
+    log = quiet_internals(default_log_path(workdir))
+    try:
+        yield log
+    finally:
+        log.restore()  # before an error propagates: its traceback reaches the terminal
+        print(f"Ray and library logs of this run: {log.path}  (CAREGPT_VERBOSE=1 shows them here)")

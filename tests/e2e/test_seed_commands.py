@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pexpect
 import pytest
 
 from tests.e2e.serve_support import free_port
@@ -53,19 +54,31 @@ DEMO_FLAGS = "--model_name_or_path models/llama --checkpoint_dir output --finetu
 EXPORT = "export --model_name_or_path models/llama --template default --finetuning_type lora --checkpoint_dir output --output_dir output_export"
 
 
-def _env() -> dict[str, str]:
+def _env(ray_address: str | None = None) -> dict[str, str]:
     env = {**os.environ, "CAREGPT_PROGRESS": "0", "CAREGPT_DASHBOARD": "0"}
     env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     return env
 
 
-def caregpt(command: str, cwd: Path, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([CAREGPT, *shlex.split(command)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(), **kwargs)
+def caregpt(command: str, cwd: Path, timeout: int = 600, ray_address: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The command as typed. Without ray_address it starts its own embedded Ray, as on a laptop; with it, it
+    joins that cluster, as a driver on a cluster node does (RAY_ADDRESS), whose workers run elsewhere."""
+    return subprocess.run([CAREGPT, *shlex.split(command)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=_env(ray_address), **kwargs)
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory, tiny_model, test_data) -> Path:
-    """A fresh working directory laid out as the README assumes; the two SFT commands have run in it."""
+def cluster(ray_local) -> str:
+    """The session's Ray. Commands that join it skip starting a Ray of their own (~10 s each on 2 cores)."""
+    return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory, tiny_model, test_data, cluster) -> Path:
+    """A fresh working directory laid out as the README assumes; the two SFT commands have run in it,
+    the first on an embedded Ray of its own (a laptop), the second joined to a running cluster."""
     root = tmp_path_factory.mktemp("seed")
     shutil.copytree(tiny_model, root / "models" / "llama")
     data = root / "data"
@@ -78,11 +91,22 @@ def scratch(tmp_path_factory, tiny_model, test_data) -> Path:
         "hm": {"file_name": "sft_toyhom_im_department.jsonl", "columns": {**columns, "history": ""}},
         "rlhf": {"file_name": "pref_medicalgpt_medical_reward.jsonl", "ranking": True, "columns": {**columns, "history": ""}},
     }))
-    for command in (SFT_LLAMA2, SFT_LLAMA):
-        done = caregpt(command, root)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-        root.joinpath(f"{command.split('--output_dir ')[1].split()[0]}.log").write_text(done.stdout + done.stderr)
+    done = caregpt(SFT_LLAMA2, root)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (root / "output-2.log").write_text(done.stdout + done.stderr)
+    status, shown = caregpt_at_terminal(SFT_LLAMA, root, cluster)  # as a person types it
+    assert status == 0, shown[-3000:]
+    (root / "output.log").write_text(shown)
     return root
+
+
+def caregpt_at_terminal(command: str, cwd: Path, ray_address: str, timeout: int = 600) -> tuple[int, str]:
+    """The command in a pseudo-terminal, as typed at a shell: (exit status, everything the terminal showed)."""
+    child = pexpect.spawn(CAREGPT, shlex.split(command), cwd=str(cwd), env=_env(ray_address), encoding="utf-8",
+                          timeout=timeout, dimensions=(40, 200))
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before.replace("\r\n", "\n")
 
 
 def test_sft_commands_train_with_relative_paths_and_say_the_real_precision(scratch):
@@ -96,6 +120,13 @@ def test_sft_commands_train_with_relative_paths_and_say_the_real_precision(scrat
         # --fp16 on a CPU-only machine: one clear line saying what is really used
         notes = [line for line in log.splitlines() if "fp16 needs a GPU" in line]
         assert len(notes) == 1 and "trains in float32" in notes[0], log[-3000:]
+    # at a terminal: caregpt's own lines (progress, the fp16 note, the result); Ray's internals in a log it names
+    shown = (scratch / "output.log").read_text()
+    assert "[caregpt] [" in shown and "step 1/1" in shown and "training finished" in shown, shown[-3000:]
+    assert "Reporting training result" not in shown and "TrainController" not in shown, shown[-3000:]
+    (internals,) = (scratch / "output" / "logs").glob("caregpt-*.log")
+    assert f"Ray and library logs of this run: {internals}" in shown
+    assert "Reporting training result" in internals.read_text()
     config = (scratch / "output-2" / "caregpt_config.yaml").read_text()
     assert "quantization_bit: 4" in config and f"model_name_or_path: {scratch / 'models' / 'llama'}" in config
 
@@ -105,8 +136,8 @@ def _trains_nothing(directory: Path) -> None:
         assert not (directory / trained).exists(), f"{trained} in {directory}: a predict / eval run trained"
 
 
-def test_do_predict_writes_predictions_and_trains_nothing(scratch):
-    done = caregpt(PREDICT, scratch)
+def test_do_predict_writes_predictions_and_trains_nothing(scratch, cluster):
+    done = caregpt(PREDICT, scratch, ray_address=cluster)
     assert done.returncode == 0, done.stderr[-3000:]
     out = scratch / "predict_output"
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -116,8 +147,8 @@ def test_do_predict_writes_predictions_and_trains_nothing(scratch):
     _trains_nothing(out)
 
 
-def test_do_eval_writes_bleu_and_rouge_and_trains_nothing(scratch):
-    done = caregpt(EVALUATE, scratch)
+def test_do_eval_writes_bleu_and_rouge_and_trains_nothing(scratch, cluster):
+    done = caregpt(EVALUATE, scratch, ray_address=cluster)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((scratch / "eval_output" / "eval_results.json").read_text())
     for metric in ("eval_bleu-4", "eval_rouge-1", "eval_rouge-2", "eval_rouge-l"):
@@ -131,8 +162,8 @@ def test_do_train_false_with_nothing_to_do_is_an_error(scratch):
     assert done.returncode == 2 and "nothing else to do" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_dpo_after_qlora_sft_keeps_training_the_adapter(scratch):
-    done = caregpt(DPO, scratch)
+def test_dpo_after_qlora_sft_keeps_training_the_adapter(scratch, cluster):
+    done = caregpt(DPO, scratch, ray_address=cluster)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = scratch / "output-dpo"
     results = json.loads((out / "all_results.json").read_text())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pexpect
 
 SCRIPT = r"""
 import logging, os, subprocess, sys, warnings
@@ -64,3 +67,39 @@ def test_only_progress_lines_of_what_ray_forwards_reach_the_terminal(tmp_path):
     text = path.read_text()
     assert "Setting accelerator to CPU." in text and "loaded model on cpu" in text and "PYTHON worker processes" in text
     assert "step 5/20" not in text
+
+
+AT_TERMINAL = r"""
+import os, sys
+from caregpt.console import quiet_at_terminal
+with quiet_at_terminal(sys.argv[1]):
+    print("ours: step 1/2")
+    os.write(2, b"ray internals\n")
+print("done")
+"""
+
+
+def _at_terminal(tmp_path, verbose: str) -> str:
+    child = pexpect.spawn(sys.executable, ["-c", AT_TERMINAL, str(tmp_path)], encoding="utf-8", timeout=60,
+                          env={**os.environ, "CAREGPT_VERBOSE": verbose})
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before
+
+
+def test_at_a_terminal_the_internals_go_to_a_log_whose_path_is_shown(tmp_path):
+    shown = _at_terminal(tmp_path, verbose="0")
+    assert "ours: step 1/2" in shown and "done" in shown and "ray internals" not in shown
+    (log,) = (tmp_path / "logs").glob("caregpt-*.log")
+    assert "ray internals" in log.read_text()
+    assert f"Ray and library logs of this run: {log}" in shown
+
+
+def test_verbose_or_read_by_a_program_everything_stays_on_the_streams(tmp_path):
+    shown = _at_terminal(tmp_path, verbose="1")
+    assert "ours: step 1/2" in shown and "ray internals" in shown and "logs of this run" not in shown
+    piped = subprocess.run([sys.executable, "-c", AT_TERMINAL, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "CAREGPT_VERBOSE": "0"})
+    assert piped.stdout.splitlines() == ["ours: step 1/2", "done"] and piped.stderr == "ray internals\n"
+    assert not (tmp_path / "logs").exists()

@@ -28,6 +28,7 @@ import yaml
 from pydantic import AliasChoices, Field, field_validator
 
 from caregpt.config.specs import Spec
+from caregpt.config.verb import verb_main
 
 from caregpt.data.fetch import DownloadError, fetch, sha256_of
 from caregpt.data.public_convert import CONVERTERS, convert
@@ -216,19 +217,17 @@ SUMMARY = ("Download public medical datasets from their published locations (res
 EPILOG = "Licences differ (some are non-commercial or unstated): --list shows each; read the source's terms before use."
 
 
-def main(argv: list[str] | None = None) -> int:
+def help_text() -> str:
     from caregpt.config.help import render_help
-    from caregpt.config.loader import ConfigError, load_verb
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("Download", DownloadArgs)], EPILOG))
-        return 0
-    try:
-        parts, names, _ = load_verb(argv, {"download": DownloadArgs}, verb="data download", positional=1_000_000, config_file=False)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return render_help(USAGE, SUMMARY + "\n\n" + (__doc__ or "").split("\n\n", 2)[2].strip(), [("Download", DownloadArgs)], EPILOG)
+
+
+@verb_main("data download", help_text)
+def main(argv: list[str]) -> int:
+    from caregpt.config.loader import load_verb
+
+    parts, names, _ = load_verb(argv, {"download": DownloadArgs}, verb="data download", positional=1_000_000, config_file=False)
     args = SimpleNamespace(**parts["download"].model_dump(), names=names)
     try:
         registry = load_registry(args.registry)

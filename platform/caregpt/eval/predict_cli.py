@@ -10,12 +10,9 @@ with are used, from the caregpt_config.yaml that training wrote beside it.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
-from caregpt.config.loader import ConfigError
-
-logger = logging.getLogger("caregpt.eval.predict")
+from caregpt.config.verb import verb_main
 
 SUMMARY = (
     "Generate answers for a dataset with a pool of model actors on Ray Data (num_workers actors; one GPU each with "
@@ -49,21 +46,14 @@ def parse(argv: list[str]):
     return config, settings_for(config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
-        return 0
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+@verb_main("predict", help_text, log=True)
+def main(argv: list[str]) -> int:
+    from caregpt.console import quiet_at_terminal
     from caregpt.eval.predict import PREDICTIONS_NAME, run_prediction
 
-    try:
-        config, settings = parse(argv)
+    config, settings = parse(argv)
+    with quiet_at_terminal(config.train.output_dir):
         outcome = run_prediction(config, settings)
-    except ConfigError as exc:
-        print(f"caregpt predict: error: {exc}", file=sys.stderr)
-        return 2
     shown = {k: v for k, v in outcome.results.items() if k.startswith("predict_") or k in ("records", "predicted", "invalid", "prompt_truncated")}
     print(f"\npredictions: {outcome.output_dir / PREDICTIONS_NAME}\n" + json.dumps(shown, ensure_ascii=False, indent=2))
     if outcome.invalid:

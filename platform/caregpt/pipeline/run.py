@@ -176,7 +176,6 @@ def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, force_fro
             raise ValueError(f"no step named {name!r}; steps: {', '.join(names)}")
     run_dir = Path(spec.run_dir)
     (run_dir / MARKERS).mkdir(parents=True, exist_ok=True)
-    ensure_ray(spec.defaults.get("ray_address"))
     records: list[StepRecord] = []
     rerun = False  # once a step runs, later ones run too
     for step in steps:
@@ -198,6 +197,7 @@ def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, force_fro
         # the resolved options of every step, beside the report: how each output was made
         (run_dir / MARKERS / f"{step.name}.config.yaml").write_text(
             yaml.safe_dump({"uses": step.uses, **step.values}, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        ensure_ray(spec.defaults.get("ray_address"))  # once, when the first step runs: a finished pipeline starts no Ray
         start = time.perf_counter()
         try:
             # a quiet run shows the step's key numbers on its `done` line; a verb's own printout (a metrics

@@ -62,10 +62,12 @@ def main(argv: list[str]) -> int:
         return 2
     from caregpt.tune.space import load_from_argv
 
-    _config, base_values, spec = load_from_argv(argv)  # every YAML problem surfaces before Ray starts
+    config, base_values, spec = load_from_argv(argv)  # every YAML problem surfaces before Ray starts
+    from caregpt.console import quiet_at_terminal
     from caregpt.tune.run import run_tune
 
-    outcome = run_tune(base_values, spec)
+    with quiet_at_terminal(config.train.output_dir):
+        outcome = run_tune(base_values, spec)
     summary = outcome.summary
     print(f"\ntune experiment: {outcome.experiment_path}\n")
     print(summary.format(spec.metric))
