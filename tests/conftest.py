@@ -61,3 +61,10 @@ def ray_local():
     ensure_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The session Ray's address: a command run as a subprocess joins it (RAY_ADDRESS), as a driver on a cluster
+    node does, instead of starting a Ray of its own (~10 s each on 2 cores)."""
+    return ray_local.get_runtime_context().gcs_address

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.e2e
 CAREGPT = str(Path(sys.executable).parent / "caregpt")
 
 
-def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+def run(*args: str, timeout: int = 240, ray_address: str | None = None) -> subprocess.CompletedProcess:
+    """The console script; with ray_address it joins that Ray (RAY_ADDRESS) instead of starting its own."""
     env = {**os.environ, "CAREGPT_PROGRESS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     return subprocess.run([CAREGPT, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -39,13 +43,13 @@ def test_unknown_verb_and_key_fail_fast_with_a_hint():
     assert "Traceback" not in key.stderr
 
 
-def test_new_model_then_data_check_on_sample_data(tmp_path):
+def test_new_model_then_data_check_on_sample_data(tmp_path, ray_address):
     model = tmp_path / "m"
     built = run("new-model", "--preset", "tiny", "--corpus", f"{SAMPLE_DATA / 'medical_pt.txt'},{SAMPLE_DATA / 'medical_sft.jsonl'}", "--output_dir", str(model))
     assert built.returncode == 0, built.stderr
     assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     checked = run("data", "check", "--dataset", "medical_sft,medical_sharegpt", "--dataset_dir", str(SAMPLE_DATA),
-                  "--model_name_or_path", str(model), "--template", "chatml", "--cutoff_len", "128", "--json")
+                  "--model_name_or_path", str(model), "--template", "chatml", "--cutoff_len", "128", "--json", ray_address=ray_address)
     assert checked.returncode == 0, checked.stderr
     report = json.loads(checked.stdout)
     counts = {d["name"]: (d["records"], d["invalid"]) for d in report["datasets"]}
@@ -53,9 +57,9 @@ def test_new_model_then_data_check_on_sample_data(tmp_path):
     assert all(d["lengths"]["max"] > 0 for d in report["datasets"])
 
 
-def test_data_check_exits_1_and_points_at_the_bad_line(tmp_path):
+def test_data_check_exits_1_and_points_at_the_bad_line(tmp_path, ray_address):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "头痛", "output": "休息"}\n{"instruction": "咳嗽"}\n', encoding="utf-8")
-    checked = run("data", "check", "--dataset", str(bad), "--dataset_dir", str(tmp_path))
+    checked = run("data", "check", "--dataset", str(bad), "--dataset_dir", str(tmp_path), ray_address=ray_address)
     assert checked.returncode == 1
     assert f"{bad}:2: missing field 'output'" in checked.stdout

@@ -95,8 +95,8 @@ def test_killed_mid_sft_resumes_at_sft(test_data, tmp_path):
     third = subprocess.run([CAREGPT, "run", str(path)], capture_output=True, text=True, timeout=300, env=_env())
     assert third.returncode == 0 and third.stdout.count("finished earlier, skipped") == 3, third.stdout[-2000:]
     third_log = Path(third.stdout.rsplit("Ray and library logs of this run: ", 1)[1].split()[0])
-    assert "Started a local Ray instance" in log_file.read_text(errors="replace")
-    assert "Started a local Ray instance" not in third_log.read_text(errors="replace")  # nothing to run, no Ray started
+    assert "starting an embedded local Ray" in log_file.read_text(errors="replace")
+    assert "starting an embedded local Ray" not in third_log.read_text(errors="replace")  # nothing to run, no Ray started
 
 
 @pytest.mark.parametrize("steps, message", [

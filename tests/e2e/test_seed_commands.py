@@ -70,13 +70,7 @@ def caregpt(command: str, cwd: Path, timeout: int = 600, ray_address: str | None
 
 
 @pytest.fixture(scope="module")
-def cluster(ray_local) -> str:
-    """The session's Ray. Commands that join it skip starting a Ray of their own (~10 s each on 2 cores)."""
-    return ray_local.get_runtime_context().gcs_address
-
-
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory, tiny_model, test_data, cluster) -> Path:
+def scratch(tmp_path_factory, tiny_model, test_data, ray_address) -> Path:
     """A fresh working directory laid out as the README assumes; the two SFT commands have run in it,
     the first on an embedded Ray of its own (a laptop), the second joined to a running cluster."""
     root = tmp_path_factory.mktemp("seed")
@@ -94,7 +88,7 @@ def scratch(tmp_path_factory, tiny_model, test_data, cluster) -> Path:
     done = caregpt(SFT_LLAMA2, root)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (root / "output-2.log").write_text(done.stdout + done.stderr)
-    status, shown = caregpt_at_terminal(SFT_LLAMA, root, cluster)  # as a person types it
+    status, shown = caregpt_at_terminal(SFT_LLAMA, root, ray_address)  # as a person types it
     assert status == 0, shown[-3000:]
     (root / "output.log").write_text(shown)
     return root
@@ -136,8 +130,8 @@ def _trains_nothing(directory: Path) -> None:
         assert not (directory / trained).exists(), f"{trained} in {directory}: a predict / eval run trained"
 
 
-def test_do_predict_writes_predictions_and_trains_nothing(scratch, cluster):
-    done = caregpt(PREDICT, scratch, ray_address=cluster)
+def test_do_predict_writes_predictions_and_trains_nothing(scratch, ray_address):
+    done = caregpt(PREDICT, scratch, ray_address=ray_address)
     assert done.returncode == 0, done.stderr[-3000:]
     out = scratch / "predict_output"
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -147,8 +141,8 @@ def test_do_predict_writes_predictions_and_trains_nothing(scratch, cluster):
     _trains_nothing(out)
 
 
-def test_do_eval_writes_bleu_and_rouge_and_trains_nothing(scratch, cluster):
-    done = caregpt(EVALUATE, scratch, ray_address=cluster)
+def test_do_eval_writes_bleu_and_rouge_and_trains_nothing(scratch, ray_address):
+    done = caregpt(EVALUATE, scratch, ray_address=ray_address)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((scratch / "eval_output" / "eval_results.json").read_text())
     for metric in ("eval_bleu-4", "eval_rouge-1", "eval_rouge-2", "eval_rouge-l"):
@@ -162,8 +156,8 @@ def test_do_train_false_with_nothing_to_do_is_an_error(scratch):
     assert done.returncode == 2 and "nothing else to do" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_dpo_after_qlora_sft_keeps_training_the_adapter(scratch, cluster):
-    done = caregpt(DPO, scratch, ray_address=cluster)
+def test_dpo_after_qlora_sft_keeps_training_the_adapter(scratch, ray_address):
+    done = caregpt(DPO, scratch, ray_address=ray_address)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = scratch / "output-dpo"
     results = json.loads((out / "all_results.json").read_text())
