@@ -1,8 +1,9 @@
 """Shared pieces of the Ray Serve tests: Serve on a free port, adapters, one deployed chat app.
 
-The fixtures are imported by the test modules that use them (pytest finds fixtures imported into
-a test module). pytest registers an imported fixture once per importing module and tears it down
-when that module ends, so they are declared module-scoped: each module gets its own Serve and app.
+tests/e2e/conftest.py makes the fixtures visible to every module here. Serve and the shared chat app are
+package-scoped: started once for all end-to-end modules (each start + deploy took ~11 s) and shut down when
+tests/e2e ends, so their replicas' logical CPUs are free again before the Ray Tune tests of tests/ray start.
+Modules that need an app of their own deploy it with `deploy` and delete it when they end.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def serve_http(ray_local) -> str:
     """Serve's HTTP proxy on 127.0.0.1 and a free port (port 8000 may be held by other work); its base URL."""
     from ray import serve
@@ -84,11 +85,11 @@ def running_replicas(app: str, deployment: str = "LLMServer") -> int:
     return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def chat_app(serve_http, tiny_model, adapters_dir) -> dict:
-    """The app a test module's API tests share: tiny model, two adapters, an API key.
+    """The app the API tests of every module share: tiny model, two adapters, an API key.
 
-    Module scope, not session: replicas hold logical CPUs of the shared local Ray, and kept until the end of
+    Package scope, not session: replicas hold logical CPUs of the shared local Ray, and kept until the end of
     the session they starved the Ray Tune tests that run later (trials waited for CPUs forever)."""
     from ray import serve
 

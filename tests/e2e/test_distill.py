@@ -23,7 +23,6 @@ from caregpt.distill.cli import main as distill_main
 from caregpt.distill.config import build_distill_config
 from caregpt.distill.run import run_distill
 from caregpt.distill.seeds import seed_id
-from tests.e2e.serve_support import serve_http  # noqa: F401 - fixture (Serve's HTTP proxy on a free port)
 from tests.openai_fault_server import ChatStandIn, serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]

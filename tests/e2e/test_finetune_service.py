@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy, serve_http  # noqa: F401 - fixture
+from tests.e2e.serve_support import deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -39,7 +39,7 @@ def jsonl(rows: list) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def ft_app(serve_http, tiny_model, tmp_path_factory):  # noqa: F811
+def ft_app(serve_http, tiny_model, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("ft_root")

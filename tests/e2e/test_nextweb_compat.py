@@ -8,8 +8,6 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.serve_support import adapters_dir, chat_app, serve_http  # noqa: F401  (fixtures)
-
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 ORIGIN = "http://localhost:3000"  # where a self-hosted Next-Web page runs
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.serve_support import ADAPTERS, adapters_dir, chat_app, serve_http  # noqa: F401 - fixtures
+from tests.e2e.serve_support import ADAPTERS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 

@@ -14,8 +14,6 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.serve_support import adapters_dir, chat_app, serve_http  # noqa: F401 - fixtures
-
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 USER = [{"role": "user", "content": "头痛怎么办"}]

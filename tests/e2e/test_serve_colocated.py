@@ -13,7 +13,7 @@ import contextlib
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy, serve_http  # noqa: F401 - fixtures
+from tests.e2e.serve_support import deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -21,7 +21,7 @@ APP, PREFIX = "colocated", "/colo"
 
 
 @pytest.fixture(scope="module")
-def app(serve_http, tiny_model) -> str:  # noqa: F811 - the fixture imported above
+def app(serve_http, tiny_model) -> str:
     from ray import serve
 
     settings = {"model_name_or_path": tiny_model, "served_model_name": "tiny-medical", "colocate_router": True, "num_cpus": 0.5,

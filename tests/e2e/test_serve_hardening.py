@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy, free_port, serve_http  # noqa: F401 - fixtures
+from tests.e2e.serve_support import deploy, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -56,7 +56,7 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def app(serve_http, tiny_model) -> dict:  # noqa: F811 - the fixture imported above
+def app(serve_http, tiny_model) -> dict:
     from ray import serve
 
     deploy(APP, PREFIX, {"model_name_or_path": tiny_model, **SETTINGS})

@@ -6,14 +6,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy, serve_http  # noqa: F401  (fixture)
+from tests.e2e.serve_support import deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 APP, PREFIX, KEY = "medical_api", "/med", "sk-medical-test"
 
 
 @pytest.fixture(scope="module")
-def medical_app(serve_http, tiny_model, test_data, tmp_path_factory):  # noqa: F811
+def medical_app(serve_http, tiny_model, test_data, tmp_path_factory):
     from ray import serve
 
     from caregpt.kb.ingest import ingest

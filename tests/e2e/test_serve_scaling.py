@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.e2e.serve_support import deploy, running_replicas, serve_http  # noqa: F401 - fixtures
+from tests.e2e.serve_support import deploy, running_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.openai_standin import CITATIONS, StandinAPI, free_port
-from tests.e2e.serve_support import ADAPTERS, adapters_dir, chat_app, serve_http  # noqa: F401 - fixtures of the real API
+from tests.e2e.serve_support import ADAPTERS
 
 pytestmark = [pytest.mark.e2e]
 
