@@ -57,7 +57,14 @@ def main(argv: list[str]) -> int:
 
     spec = load_pipeline(pipeline)
     if args.dry_run:
-        for i, step in enumerate(plan(spec), 1):
+        steps = plan(spec)
+        names = [s.name for s in steps]
+        for name in (args.only or []) + ([args.force_from] if args.force_from else []):
+            if name not in names:
+                raise ConfigError(f"no step named {name!r}; steps: {', '.join(names)}")
+        for i, step in enumerate(steps, 1):
+            if args.only and step.name not in args.only:
+                continue  # --only: the plan of the steps that would run
             print(f"{i}. {step.name} ({step.uses}) -> {step.output_dir}")
             for key, value in step.values.items():
                 if key != "output_dir":
