@@ -7,6 +7,7 @@ import json
 import pytest
 
 from caregpt.config.loader import ConfigError, load_config
+from caregpt.data import pipeline
 from caregpt.data.check import InvalidDataError, check_data
 from caregpt.data.formats import normalize
 from caregpt.data.pipeline import build_token_dataset, plan_data
@@ -46,11 +47,15 @@ def _rows_by_loc(ds):
     return {row["loc"]: row for row in ds.iter_rows()}
 
 
-def test_sft_tokens_equal_a_direct_tokenizer_call(ray_local, registry, tiny_model):
+@pytest.mark.parametrize("strategy", ["tasks", "actor pool"])
+def test_sft_tokens_equal_a_direct_tokenizer_call(ray_local, registry, tiny_model, strategy, monkeypatch):
+    if strategy == "actor pool":  # what a corpus above SMALL_INPUT_BYTES goes through
+        monkeypatch.setattr(pipeline, "SMALL_INPUT_BYTES", 0)
     config = _config(registry, dataset="cmt", template="chatml", cutoff_len=256, max_samples=120)
     ds, plan = build_token_dataset(config, tiny_model)
     rows = _rows_by_loc(ds)
     assert len(rows) == 120
+    assert ("ArrowBatchTokenizer" if strategy == "actor pool" else "tokenize_block") in ds.stats()
     tokenizer = load_tokenizer(tiny_model)
     template = get_template("chatml", tokenizer)
     (attr,) = plan.attrs

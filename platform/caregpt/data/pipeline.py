@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -186,28 +187,49 @@ def only_valid(table: pa.Table) -> pa.Table:
 
 def tokenize_records(records, config: RunConfig, plan: DataPlan, tokenizer_path: str, num_workers: int | None = None):
     """Valid records -> token rows (see BatchTokenizer), packed when `packing` is on."""
+    import ray.data
+
     from caregpt.data.packing import PackBatch
-    from caregpt.data.tokenize import ArrowBatchTokenizer
+    from caregpt.data.tokenize import ArrowBatchTokenizer, tokenize_block
 
     workers = num_workers or config.data.preprocessing_num_workers or 2
-    tokens = records.map_batches(only_valid, batch_format="pyarrow").map_batches(
-        ArrowBatchTokenizer,
-        fn_constructor_kwargs=dict(
-            tokenizer_path=tokenizer_path,
-            kind=plan.kind,
-            template=config.data.template,
-            cutoff_len=config.data.cutoff_len,
-            trust_remote_code=config.model.trust_remote_code,
-        ),
-        # one block per call: Ray fuses the read stage into this actor stage, and a row batch size
-        # would be counted in READ TASKS, putting a whole corpus into a single actor call
-        batch_size=None,
-        batch_format="numpy",
-        compute=_actor_pool(workers),
-    )
+    settings = dict(tokenizer_path=tokenizer_path, kind=plan.kind, template=config.data.template,
+                    cutoff_len=config.data.cutoff_len, trust_remote_code=config.model.trust_remote_code)
+    # one block per call (batch_size=None): Ray fuses the read stage into this stage, and a row batch size
+    # would be counted in READ TASKS, putting a whole corpus into a single call
+    valid = records.map_batches(only_valid, batch_format="pyarrow")
+    if input_bytes(plan) <= SMALL_INPUT_BYTES:
+        # Tasks run in Ray's pooled worker processes, which keep the tokenizer from one run to the next: a small
+        # dataset (the usual clinical fine-tune) starts tokenizing at once instead of waiting ~2 s for new actors.
+        # A small dataset is one block, so Ray Data warns that the task limit exceeds the inputs: expected.
+        warnings.filterwarnings("ignore", message=r"The maximum number of concurrent tasks for 'MapBatches\(tokenize_block\)'", category=UserWarning)
+        tokens = valid.map_batches(tokenize_block, fn_kwargs=settings, batch_size=None, batch_format="numpy",
+                                   compute=ray.data.TaskPoolStrategy(size=max(1, workers)))
+    else:
+        # A larger corpus goes through an actor pool. Measured with benchmarks/data_pipeline.py (2 cores): at
+        # 50,000 records (37 MiB) tasks were no faster (15.8 s vs 15.0 s), and at 500,000 (374 MiB) they held
+        # 1.47x the memory of the 50,000 run (pooled workers keep their arrays) where the actor pool holds 1.02x.
+        tokens = valid.map_batches(ArrowBatchTokenizer, fn_constructor_kwargs=settings, batch_size=None, batch_format="numpy",
+                                   compute=_actor_pool(workers))
     if config.data.packing and plan.kind != "pref":
         tokens = tokens.map_batches(PackBatch(config.data.cutoff_len), batch_size=2048, batch_format="numpy")
     return tokens
+
+
+# Below this much input (every dataset file together) tokenizing runs as Ray tasks, above it on an actor pool.
+SMALL_INPUT_BYTES = 16 * 1024 * 1024
+
+
+def input_bytes(plan: DataPlan) -> int:
+    """Bytes of the plan's local files (a hub dataset counts as large: its size is not known here)."""
+    from pathlib import Path
+
+    total = 0
+    for attr in plan.attrs:
+        if attr.load_from != "file":
+            return SMALL_INPUT_BYTES + 1
+        total += Path(attr.path).stat().st_size
+    return total
 
 
 def _actor_pool(size: int):

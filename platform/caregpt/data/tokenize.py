@@ -132,3 +132,31 @@ class ArrowBatchTokenizer(BatchTokenizer):
 
 def trainable_tokens(labels: list[int] | np.ndarray) -> int:
     return int((np.asarray(labels) != IGNORE_INDEX).sum())
+
+
+def _tokenizer_files_signature(path: str) -> tuple:
+    """Name, size and mtime of the tokenizer's files: a tokenizer rewritten at the same path is loaded again."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return (path,)
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".gguf"))))
+
+
+_CACHED: dict[tuple, ArrowBatchTokenizer] = {}
+
+
+def tokenize_block(batch: dict[str, Any], *, tokenizer_path: str, kind: str, template: str, cutoff_len: int,
+                   trust_remote_code: bool = False) -> pa.Table:
+    """A Ray Data task: one block -> token rows. The tokenizer is loaded once per worker process and kept:
+    Ray reuses its worker processes across tasks and runs, so a warm cluster tokenizes with no start-up
+    (an actor pool started new processes, importing transformers, for every dataset: ~2 s each)."""
+    key = (tokenizer_path, kind, template, cutoff_len, trust_remote_code, _tokenizer_files_signature(tokenizer_path))
+    tokenizer = _CACHED.get(key)
+    if tokenizer is None:
+        if len(_CACHED) >= 4:  # a long-lived worker serves many runs: keep a few, not every one
+            _CACHED.pop(next(iter(_CACHED)))
+        tokenizer = _CACHED[key] = ArrowBatchTokenizer(tokenizer_path, kind, template, cutoff_len, trust_remote_code)
+    return tokenizer(batch)
