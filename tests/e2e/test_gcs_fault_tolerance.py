@@ -35,7 +35,7 @@ from tests.e2e.cluster_helpers import (RESTART_HEAD, START, client_env, free_por
                                        node_names, port_open, run, show, state_list, token, wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
-HEAD_DOWN_S = 10  # how long the head stays dead before it is restarted
+HEAD_DOWN_S = 6  # how long the head stays dead before it is restarted
 
 DEPLOY = r"""
 import os, sys
@@ -178,7 +178,7 @@ def test_serve_keeps_answering_while_the_head_is_killed_and_restarted(redis_serv
             # more on the same cluster, and that second one must hold; the stalled timeline is printed.
             for _ in range(2):
                 killed_at, down = _kill_head_and_restart(info, env, client, timings)
-                if len(down) >= HEAD_DOWN_S and all(ok for _, ok, _ in down):
+                if len(down) >= 2 * HEAD_DOWN_S and all(ok for _, ok, _ in down):
                     break
                 stalls.append([(round(t - killed_at, 1), ok, pid) for t, ok, pid in down])
         finally:
@@ -188,7 +188,7 @@ def test_serve_keeps_answering_while_the_head_is_killed_and_restarted(redis_serv
             print(f"\nthe worker-node proxy stalled while the head was down (drill repeated): {stalls[0]}")
 
         # while the head was dead, the worker node kept serving
-        assert len(down) >= HEAD_DOWN_S, (down, stalls)  # about 5 calls a second
+        assert len(down) >= 2 * HEAD_DOWN_S, (down, stalls)  # about 5 calls a second over HEAD_DOWN_S - 2 s
         assert all(ok for _, ok, _ in down), ([r for r in down if not r[1]], stalls)
         # from 2 s after the kill to the end, nothing failed (at the kill itself a connection
         # accepted by the dying head proxy may be reset)

@@ -71,8 +71,8 @@ def caregpt(command: str, cwd: Path, timeout: int = 600, ray_address: str | None
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, tiny_model, test_data, ray_address) -> Path:
-    """A fresh working directory laid out as the README assumes; the two SFT commands have run in it,
-    the first on an embedded Ray of its own (a laptop), the second joined to a running cluster."""
+    """A fresh working directory laid out as the README assumes; the two SFT commands have run in it, joined to
+    the session's Ray (its workers run in other working directories: relative paths must be resolved first)."""
     root = tmp_path_factory.mktemp("seed")
     shutil.copytree(tiny_model, root / "models" / "llama")
     data = root / "data"
@@ -85,7 +85,7 @@ def scratch(tmp_path_factory, tiny_model, test_data, ray_address) -> Path:
         "hm": {"file_name": "sft_toyhom_im_department.jsonl", "columns": {**columns, "history": ""}},
         "rlhf": {"file_name": "pref_medicalgpt_medical_reward.jsonl", "ranking": True, "columns": {**columns, "history": ""}},
     }))
-    done = caregpt(SFT_LLAMA2, root)
+    done = caregpt(SFT_LLAMA2, root, ray_address=ray_address)  # an embedded Ray's training: tests/e2e/test_pipeline.py
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (root / "output-2.log").write_text(done.stdout + done.stderr)
     status, shown = caregpt_at_terminal(SFT_LLAMA, root, ray_address)  # as a person types it

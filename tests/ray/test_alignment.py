@@ -58,11 +58,14 @@ def test_reward_model_learns_the_preferences(ray_local, tiny_model, test_data, t
 
 def test_seed_dpo_command_after_sft(ray_local, tiny_model, test_data, tmp_path):
     registry = _pairs_registry(tmp_path, test_data)
-    sft = run_training(_config(tmp_path / "sft", tiny_model, registry, stage="sft", dataset="sft", finetuning_type="lora", lora_target="q_proj,v_proj", learning_rate=3e-3, max_steps=6))
+    # the SFT adapter DPO starts from: a small LoRA made directly (SFT training itself is tests/ray/test_train.py's)
+    from tests.adapter_factory import make_lora_adapter
+
+    sft_dir = make_lora_adapter(tiny_model, tmp_path / "sft" / "out", seed=3, template="chatml", scale=0.02)
     # CareGPT's DPO command: --checkpoint_dir the SFT adapter, --resume_lora_training False
     argv = shlex.split(f"""--stage dpo --model_name_or_path {tiny_model} --do_train --dataset ours,medicalgpt --dataset_dir {registry}
         --template chatml --finetuning_type lora --lora_target q_proj,v_proj --resume_lora_training False
-        --checkpoint_dir {sft.output_dir} --output_dir {tmp_path / 'dpo'} --per_device_train_batch_size 2
+        --checkpoint_dir {sft_dir} --output_dir {tmp_path / 'dpo'} --per_device_train_batch_size 2
         --gradient_accumulation_steps 4 --lr_scheduler_type cosine --logging_steps 2 --save_steps 1000
         --learning_rate 1e-2 --max_steps 16 --plot_loss --fp16 --cutoff_len 256""")
     # `caregpt train ARGV` in this process, on the session's Ray (the CLI as a subprocess: tests/e2e/test_seed_commands.py)

@@ -1,5 +1,7 @@
 """What a training run reports: honest throughput, and report_to tensorboard leaving readable event files.
 
+The run is also the suite's pretraining (pt stage) run: its loss must go down.
+
 One real Ray Train run of the pt stage with packing: every sequence is exactly cutoff_len real tokens, so
 the work per optimizer step is constant (a steady run) and every logged rate should sit near the run average.
 Logging every 4 steps keeps each interval long enough (~10 s here) that a busy shared machine does not swamp it.
@@ -46,6 +48,11 @@ def test_logged_rate_stays_near_the_run_average(steady_run):
     assert abs(seen[-1] / wall - average) / average < 1e-3, (seen[-1] / wall, average)
     for step, rate in zip((e["step"] for e in log), rates):
         assert 0.65 * average <= rate <= 1.35 * average, f"step {step}: {rate:.0f} tok/s vs run average {average:.0f} (all: {rates})"
+
+
+def test_pretraining_loss_goes_down(steady_run):
+    losses = [json.loads(line)["loss"] for line in (steady_run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
 
 
 def test_tensorboard_event_files_hold_the_loss(steady_run):
