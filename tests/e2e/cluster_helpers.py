@@ -164,3 +164,20 @@ def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "cond
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def small_train_config(tmp_path: Path, tiny_model: str, test_data: Path, **overrides) -> Path:
+    """A short LoRA SFT run of the tiny model on the test data, as a YAML a cluster job trains from; output in tmp_path/out."""
+    import yaml
+
+    from tests.conftest import TEST_REGISTRY
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(test_data),
+        "dataset_info": str(TEST_REGISTRY), "template": "chatml",
+        "cutoff_len": 128, "max_samples": 32, "finetuning_type": "lora", "lora_target": "all",
+        "per_device_train_batch_size": 4, "max_steps": 3, "logging_steps": 1, "save_steps": 100,
+        "output_dir": str(tmp_path / "out"), "tokenized_path": str(tmp_path / "tok"), **overrides,
+    }))
+    return config

@@ -24,9 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import TEST_REGISTRY
+from tests.e2e.cluster_helpers import small_train_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
@@ -256,14 +255,7 @@ def test_local_two_node_cluster(cluster_env, tiny_model, test_data, tmp_path):
     job_env = {**client_env}
     job_env.pop("RAY_AUTH_TOKEN", None)
     out = tmp_path / "out"
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(test_data),
-        "dataset_info": str(TEST_REGISTRY), "template": "chatml",
-        "cutoff_len": 128, "max_samples": 32, "finetuning_type": "lora", "lora_target": "all",
-        "per_device_train_batch_size": 4, "max_steps": 3, "logging_steps": 1, "save_steps": 100,
-        "output_dir": str(out), "tokenized_path": str(tmp_path / "tok"),
-    }))
+    config = small_train_config(tmp_path, tiny_model, test_data)
     ray = str(cluster_env["ray_bin"])
     submission = f"caregpt-test-{os.getpid()}"
     submitted = _run([ray, "job", "submit", "--address", dash_url, "--submission-id", submission,

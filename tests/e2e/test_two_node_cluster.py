@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import TEST_REGISTRY
 from tests.e2e.cluster_helpers import (REPO, START, START_WORKER, STATUS, STOP, client_env, local_cluster,
-                                       node_names, port_open, run, show, state_list)
+                                       node_names, port_open, run, show, small_train_config, state_list)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 CAREGPT = str(Path(sys.executable).parent / "caregpt")
@@ -54,15 +52,7 @@ def test_spread_training_runs_on_two_worker_nodes(tiny_model, test_data, tmp_pat
         # --- train: the driver is a client of the cluster (RAY_ADDRESS from the env file) ------
         t = time.monotonic()
         out = tmp_path / "out"
-        config = tmp_path / "spread.yaml"
-        config.write_text(yaml.safe_dump({
-            "model_name_or_path": tiny_model, "dataset": "toyhom_sft", "dataset_dir": str(test_data),
-            "dataset_info": str(TEST_REGISTRY), "template": "chatml",
-            "cutoff_len": 128, "max_samples": 32, "finetuning_type": "lora", "lora_target": "all",
-            "per_device_train_batch_size": 4, "max_steps": 2, "logging_steps": 1, "save_steps": 100,
-            "output_dir": str(out), "tokenized_path": str(tmp_path / "tok"),
-            "num_workers": 2, "placement_strategy": "SPREAD",
-        }))
+        config = small_train_config(tmp_path, tiny_model, test_data, max_steps=2, num_workers=2, placement_strategy="SPREAD")
         trained = run([CAREGPT, "train", config], {**client_env(info), "CAREGPT_PROGRESS": "0"}, timeout=600, cwd=str(tmp_path))
         timings["train"] = time.monotonic() - t
         assert trained.returncode == 0, show(trained)
