@@ -95,6 +95,8 @@ def local_cluster(**settings: str):
     env.update(RAY_BIN=str(ray), CAREGPT_RAY_TMP=str(tmp), CAREGPT_RAY_PORT=str(gcs_port),
                CAREGPT_DASHBOARD_PORT=str(dash_port), CAREGPT_RAY_OBJECT_STORE_BYTES=str(200 * 1024 * 1024),
                CAREGPT_RAY_START_TIMEOUT="90", **settings)
+    if "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" in os.environ:  # the suite's short Ray Train poll (tests/conftest.py)
+        env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
     info = {"env": env, "tmp": tmp, "gcs_port": gcs_port, "dash_port": dash_port, "ray_bin": ray,
             "dash_url": f"http://127.0.0.1:{dash_port}"}
     try:
