@@ -144,6 +144,16 @@ def scratch_dir(context, kind: str = "train") -> Path:
     return path
 
 
+def skip_deepspeed_cpu_shm_op() -> None:
+    """On CPU, DeepSpeed's comm backend JIT-builds its shared-memory C++ op (g++ on every fresh machine, ~30 s on
+    2 cores, again whenever another environment rebuilt the shared torch_extensions cache) when it starts, though
+    only its inference all-reduce (AutoTP) uses it: ZeRO training reduces through torch.distributed. Marked
+    unavailable, DeepSpeed skips the build and keeps the torch path."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
@@ -183,6 +193,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     data = TokenDataset.from_parquet(loop_config["data_path"])
     train_data, eval_data = split_eval(data, config.data.val_size, config.train.seed)
     deepspeed = build_deepspeed_config(config.ray.deepspeed, fp16=config.train.fp16 and use_gpu, bf16=config.train.bf16)
+    if deepspeed and not use_gpu:
+        skip_deepspeed_cpu_shm_op()
     args = training_arguments(config, str(local_root / "hf"), deepspeed, eval_data is not None, use_gpu)
     trainer = make_trainer(config, model, tokenizer, args, train_data, eval_data, use_gpu)
     from transformers.trainer_callback import PrinterCallback
