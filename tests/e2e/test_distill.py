@@ -148,43 +148,34 @@ def test_killed_run_resumes_to_exactly_n_unique_records(tmp_path, ray_local):
 
 
 @pytest.mark.slow
-def test_distill_from_our_served_tiny_model_killed_and_resumed(tmp_path, ray_local, serve_http, tiny_model, monkeypatch):
-    """The teacher is our own Ray Serve API serving the tiny model: N records, then a kill half-way and a re-run."""
-    from ray import serve
+def test_distill_from_our_served_tiny_model_killed_and_resumed(tmp_path, ray_local, chat_app, monkeypatch):
+    """The teacher is our own Ray Serve API serving the tiny model: N records, then a kill half-way and a re-run.
+    It is the chat app the API tests share (tests/e2e/serve_support.py; it had an app of its own, ~8 s a deploy)."""
+    n = 12
+    config = tmp_path / "served.yaml"
+    config.write_text(yaml.safe_dump({
+        "seeds": [f"第{i}位患者：反复头痛{i}天，需要做什么检查？" for i in range(n)], "base_url": f"{chat_app['url']}/v1",
+        "model": chat_app["model"], "api_key_env": "CAREGPT_TEST_TEACHER_KEY", "max_tokens": 16, "temperature": 0.8,
+        "output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path), "dataset_name": "from_served",
+        "concurrency": 2, "num_actors": 2, "rate_limit": 0, "timeout": 60, "max_retries": 2,
+        # a few-million-parameter model writes neither Chinese nor long answers: keep every record it makes
+        "language": "any", "min_chars": 1, "drop_truncated": False, "dedup_threshold": 0,
+        "ray_address": ray_local.get_runtime_context().gcs_address,
+    }, allow_unicode=True), encoding="utf-8")
+    env = {**os.environ, "CAREGPT_PROGRESS": "0", "CAREGPT_TEST_TEACHER_KEY": chat_app["key"]}
+    raw = tmp_path / "out" / "raw.jsonl"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, str(REPO / "jobs" / "distill.py"), str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 240
+        while len(_lines(raw)) < 2 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    done_before = len(_lines(raw))
+    assert 2 <= done_before < n, (tmp_path / "first.log").read_text()[-3000:]
 
-    from tests.e2e.serve_support import deploy
-
-    settings = {"model_name_or_path": tiny_model, "served_model_name": "tiny-teacher", "api_keys": [SECRET], "default_max_tokens": 16,
-                "max_model_len": 512, "num_cpus": 0.5, "router_num_cpus": 0.1, "request_timeout_s": 60}
-    deploy("distill_teacher", "/teacher", settings)
-    try:
-        n = 12
-        config = tmp_path / "served.yaml"
-        config.write_text(yaml.safe_dump({
-            "seeds": [f"第{i}位患者：反复头痛{i}天，需要做什么检查？" for i in range(n)], "base_url": f"{serve_http}/teacher/v1",
-            "model": "tiny-teacher", "api_key_env": "CAREGPT_TEST_TEACHER_KEY", "max_tokens": 16, "temperature": 0.8,
-            "output_dir": str(tmp_path / "out"), "dataset_dir": str(tmp_path), "dataset_name": "from_served",
-            "concurrency": 2, "num_actors": 2, "rate_limit": 0, "timeout": 60, "max_retries": 2,
-            # a few-million-parameter model writes neither Chinese nor long answers: keep every record it makes
-            "language": "any", "min_chars": 1, "drop_truncated": False, "dedup_threshold": 0,
-            "ray_address": ray_local.get_runtime_context().gcs_address,
-        }, allow_unicode=True), encoding="utf-8")
-        env = {**os.environ, "CAREGPT_PROGRESS": "0", "CAREGPT_TEST_TEACHER_KEY": SECRET}
-        raw = tmp_path / "out" / "raw.jsonl"
-        with open(tmp_path / "first.log", "w") as log:
-            first = subprocess.Popen([sys.executable, str(REPO / "jobs" / "distill.py"), str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
-            deadline = time.monotonic() + 240
-            while len(_lines(raw)) < 2 and first.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=30)
-        done_before = len(_lines(raw))
-        assert 2 <= done_before < n, (tmp_path / "first.log").read_text()[-3000:]
-
-        monkeypatch.setenv("CAREGPT_TEST_TEACHER_KEY", SECRET)
-        assert distill_main([str(config)]) == 0  # the re-run, in this process, on the same cluster
-    finally:
-        serve.delete("distill_teacher")
+    monkeypatch.setenv("CAREGPT_TEST_TEACHER_KEY", chat_app["key"])
+    assert distill_main([str(config)]) == 0  # the re-run, in this process, on the same cluster
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     ids = [json.loads(line)["id"] for line in _lines(raw)]
     assert len(ids) == n and len(set(ids)) == n
