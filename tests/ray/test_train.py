@@ -48,8 +48,19 @@ def _losses(output_dir) -> list[float]:
     return [entry["loss"] for entry in _log(output_dir) if "loss" in entry]
 
 
-def test_full_sft_loss_goes_down_and_outputs_are_complete(ray_local, tiny_model, test_data, tmp_path):
-    outcome = run_training(_config(tmp_path, tiny_model, test_data, finetuning_type="full", max_steps=24, plot_loss="true", logging_steps=2))
+# One worker, 2 micro-batches of 2 accumulated per step: the full SFT run below, and the reference the two
+# DeepSpeed workers (1 micro-batch of 2 each, the same global batch of 4) must match step for step.
+FULL_SFT = dict(finetuning_type="full", max_steps=24, logging_steps=2, per_device_train_batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def full_sft(ray_local, tiny_model, test_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("full-sft")
+    return run_training(_config(root, tiny_model, test_data, plot_loss="true", num_workers=1, gradient_accumulation_steps=2, **FULL_SFT))
+
+
+def test_full_sft_loss_goes_down_and_outputs_are_complete(full_sft):
+    outcome = full_sft
     out = outcome.output_dir
     losses = _losses(out)
     assert len(losses) == 12
@@ -77,15 +88,15 @@ def test_freeze_trains_only_the_last_blocks(ray_local, tiny_model, test_data, tm
     assert changed and all(name.startswith(f"model.layers.{last}.") for name in changed), sorted(changed)
 
 
-def test_two_deepspeed_zero2_workers_match_one_worker_at_the_same_global_batch(ray_local, tiny_model, test_data, tmp_path):
+def test_two_deepspeed_zero2_workers_match_one_worker_at_the_same_global_batch(full_sft, tiny_model, test_data, tmp_path):
     """Data parallelism is exact: 2 workers x 1 micro-batch (DeepSpeed ZeRO-2: gradients and optimizer state
     sharded) give the losses of 1 worker x 2 accumulated micro-batches. Plain DDP across workers and nodes is
-    tests/e2e/test_two_node_cluster.py's run and PPO's two-worker run (tests/ray/test_ppo.py)."""
-    common = dict(finetuning_type="full", max_steps=4, per_device_train_batch_size=4)
-    one = run_training(_config(tmp_path / "one", tiny_model, test_data, num_workers=1, gradient_accumulation_steps=2, **common))
-    two = run_training(_config(tmp_path / "two", tiny_model, test_data, num_workers=2, gradient_accumulation_steps=1, deepspeed=2, **common))
+    tests/e2e/test_two_node_cluster.py's run and PPO's two-worker run (tests/ray/test_ppo.py).
+    The one-worker side is the full SFT run above (it was a 4-step run of its own; now all 12 logged losses match)."""
+    one = full_sft
+    two = run_training(_config(tmp_path / "two", tiny_model, test_data, num_workers=2, gradient_accumulation_steps=1, deepspeed=2, **FULL_SFT))
     a, b = _losses(one.output_dir), _losses(two.output_dir)
-    assert len(a) == len(b) == 4
+    assert len(a) == len(b) == 12
     for x, y in zip(a, b):
         assert abs(x - y) < 0.02 * abs(x), (a, b)
     assert (two.output_dir / "model.safetensors").is_file()  # ZeRO-2 shards are gathered into one model
