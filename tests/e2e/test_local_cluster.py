@@ -4,8 +4,11 @@ start.sh brings up a head node and a worker node (own temp dir, free ports), a
 separate client process connects with the env file start.sh writes, runs one task
 on each node, the dashboard HTTP API and `ray job submit` are exercised, our training
 metrics are scraped from the worker node as Prometheus would (this was
-tests/e2e/test_metrics_scrape.py, which started a cluster of its own for it), and
-stop.sh must take down exactly this cluster. A finalizer always runs stop.sh.
+tests/e2e/test_metrics_scrape.py, which started a cluster of its own for it), then
+start_worker.sh adds a second worker node `node_b` and `caregpt train` runs 2 Ray Train workers
+with SPREAD across the two worker nodes (was tests/e2e/test_two_node_cluster.py, another cluster
+of its own: the head offers no CPU, so no training worker can land there), and stop.sh must take
+down exactly this cluster, all three nodes. A finalizer always runs stop.sh.
 
 Run: PYTHONPATH=platform .venv/bin/python -m pytest tests/e2e/test_local_cluster.py -q -s
 """
@@ -30,7 +33,8 @@ import pytest
 
 from caregpt.train.metrics import METRIC_NAMES
 from tests.e2e.cluster_helpers import client_env as cluster_client_env
-from tests.e2e.cluster_helpers import http_get, node_names, small_train_config, wait_for
+from tests.e2e.cluster_helpers import (START_WORKER, STATUS, http_get, node_names, small_train_config, state_list,
+                                       wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
@@ -38,8 +42,10 @@ REPO = Path(__file__).resolve().parents[2]
 START = REPO / "cluster" / "local" / "start.sh"
 STOP = REPO / "cluster" / "local" / "stop.sh"
 
-HEAD_CPUS = 1
+HEAD_CPUS = 0  # no training worker can land on the head: SPREAD must use both worker nodes (the node_b part)
 WORKER_CPUS = 2
+NODE_B_CPUS = 2
+CAREGPT = str(Path(sys.executable).parent / "caregpt")
 
 # Runs in a separate interpreter so the auth env vars are in place before `import ray`
 # and this pytest process keeps no Ray state.
@@ -58,7 +64,8 @@ def where():
 pinned = {}
 for n in nodes:
     strategy = NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)
-    pinned[n["NodeID"]] = ray.get(where.options(scheduling_strategy=strategy).remote(), timeout=60)
+    cpus = 1 if n["Resources"].get("CPU", 0) >= 1 else 0  # the head offers no CPU
+    pinned[n["NodeID"]] = ray.get(where.options(num_cpus=cpus, scheduling_strategy=strategy).remote(), timeout=60)
 by_resource = ray.get(where.options(resources={"worker_node": 1}).remote(), timeout=60)
 print("PROBE " + json.dumps({
     "nodes": [{"id": n["NodeID"], "resources": n["Resources"]} for n in nodes],
@@ -299,7 +306,7 @@ def test_local_two_node_cluster(cluster_env, tiny_model, test_data, tmp_path):
     heads = [i for i, r in nodes.items() if r.get("head_node") == 1]
     workers = [i for i, r in nodes.items() if r.get("worker_node") == 1]
     assert len(heads) == 1 and len(workers) == 1 and heads != workers, nodes
-    assert nodes[heads[0]]["CPU"] == HEAD_CPUS
+    assert nodes[heads[0]].get("CPU", 0) == HEAD_CPUS  # Ray leaves a resource of 0 out
     assert nodes[workers[0]]["CPU"] == WORKER_CPUS
 
     pinned = result["pinned"]
@@ -342,9 +349,18 @@ def test_local_two_node_cluster(cluster_env, tiny_model, test_data, tmp_path):
     _training_metrics_are_scraped_from_the_worker_node(cluster_env, started, tiny_model, tmp_path)
     timings["metrics scrape"] = time.monotonic() - t
 
-    # --- stop: exactly our processes, ports closed, idempotent ---------------
+    # --- a second worker node, SPREAD training on both worker nodes (was tests/e2e/test_two_node_cluster.py) ---
     t = time.monotonic()
-    stopped = _run(["bash", STOP], env, timeout=90)
+    _spread_training_runs_on_two_worker_nodes(cluster_env, tiny_model, test_data, tmp_path / "spread", timings)
+    timings["node_b + spread train"] = time.monotonic() - t
+
+    # --- stop: exactly our processes (all three nodes), ports closed, idempotent ---------------
+    by_node = {p.stem: int(p.read_text()) for p in (tmp / "caregpt-local").glob("*.sid")}
+    assert set(by_node) == {"head", "worker", "node_b"}, by_node
+    assert set(by_node.values()) >= sids
+    sids = set(by_node.values())
+    t = time.monotonic()
+    stopped = _run(["bash", STOP], env, timeout=120)
     timings["stop"] = time.monotonic() - t
     assert stopped.returncode == 0, _show(stopped)
     assert _live_pids_in_sessions(sids) == []
@@ -418,3 +434,46 @@ def _training_metrics_are_scraped_from_the_worker_node(info: dict, started: subp
     # exported by the node the work ran on, not by the head
     head_target = next(t for t in found if t.endswith(f":{nodes['head']}"))
     assert found[head_target] == {}  # the head answered, without this run's series
+
+
+def _spread_training_runs_on_two_worker_nodes(info: dict, tiny_model: str, test_data: Path, tmp_path: Path, timings: dict) -> None:
+    """The checks of the former tests/e2e/test_two_node_cluster.py, on this test's cluster: start_worker.sh adds
+    `node_b` (its own raylet, object store, agents, metrics port and custom resource); `caregpt train` then runs as
+    a client of the cluster with `num_workers: 2, placement_strategy: SPREAD`, and the state API must show the two
+    RayTrainWorker actors on two different worker nodes; status.sh lists node_b."""
+    env = info["env"]
+    tmp_path.mkdir(parents=True)
+    added = _run(["bash", START_WORKER, "node_b"], {**env, "CAREGPT_RAY_NODE_NUM_CPUS": str(NODE_B_CPUS)}, timeout=180)
+    assert added.returncode == 0, _show(added)
+
+    # the same name twice is refused without touching the running node
+    again = _run(["bash", START_WORKER, "node_b"], env, timeout=60)
+    assert again.returncode == 2 and "already started" in again.stderr, _show(again)
+
+    names = node_names(info)
+    alive = {n["node_id"] for n in state_list(info, "nodes", state="ALIVE")}
+    assert sorted(names.values()) == ["head", "node_b", "worker"] and set(names) == alive, names
+    node_b = next(n for n in state_list(info, "nodes") if names.get(n["node_id"]) == "node_b")
+    assert node_b["resources_total"]["CPU"] == NODE_B_CPUS and not node_b["is_head_node"], node_b
+
+    status = _run(["bash", STATUS], env, timeout=120)
+    assert status.returncode == 0 and "node_b" in status.stdout, _show(status)
+
+    # --- train: the driver is a client of the cluster (RAY_ADDRESS from the env file) ------
+    earlier = {w["actor_id"] for w in state_list(info, "actors", class_name="RayTrainWorker")}  # the job's run above
+    t = time.monotonic()
+    out = tmp_path / "out"
+    config = small_train_config(tmp_path, tiny_model, test_data, max_steps=2, num_workers=2, placement_strategy="SPREAD")
+    trained = _run([CAREGPT, "train", config], {**cluster_client_env(info), "CAREGPT_PROGRESS": "0"}, timeout=600, cwd=str(tmp_path))
+    timings["spread train"] = time.monotonic() - t
+    assert trained.returncode == 0, _show(trained)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["step"] == 2 and (out / "adapter_model.safetensors").is_file()
+
+    # --- placement: one Ray Train worker on each worker node ------------------------------
+    workers = [w for w in state_list(info, "actors", class_name="RayTrainWorker") if w["actor_id"] not in earlier]
+    assert len(workers) == 2, workers
+    placed = [names[w["node_id"]] for w in workers]
+    assert len(set(placed)) == 2, f"SPREAD put both workers on {placed}"
+    assert "head" not in placed  # the head offers no CPU: the workers had to use both worker nodes
+    assert all(w["state"] == "DEAD" for w in workers)  # the run is over and its workers are gone

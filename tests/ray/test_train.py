@@ -91,7 +91,7 @@ def test_freeze_trains_only_the_last_blocks(ray_local, tiny_model, test_data, tm
 def test_two_deepspeed_zero2_workers_match_one_worker_at_the_same_global_batch(full_sft, tiny_model, test_data, tmp_path):
     """Data parallelism is exact: 2 workers x 1 micro-batch (DeepSpeed ZeRO-2: gradients and optimizer state
     sharded) give the losses of 1 worker x 2 accumulated micro-batches. Plain DDP across workers and nodes is
-    tests/e2e/test_two_node_cluster.py's run and PPO's two-worker run (tests/ray/test_ppo.py).
+    tests/e2e/test_local_cluster.py's SPREAD run and PPO's two-worker run (tests/ray/test_ppo.py).
     The one-worker side is the full SFT run above (it was a 4-step run of its own; now all 12 logged losses match)."""
     one = full_sft
     two = run_training(_config(tmp_path / "two", tiny_model, test_data, num_workers=2, gradient_accumulation_steps=1, deepspeed=2, **FULL_SFT))
