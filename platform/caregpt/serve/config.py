@@ -66,14 +66,14 @@ class ServeConfig(BaseModel):
     engine: Literal["transformers", "vllm"] = "transformers"
     """Generation engine: transformers (CPU, small GPUs) or vllm (GPU clusters; pip install vllm)."""
 
-    batching: Literal["continuous"] = "continuous"
-    """transformers engine batching: continuous (transformers' continuous batching). The static @serve.batch path was removed: it measured 2-3.5x slower at 32 streams."""
+    batching: Literal["slots", "paged"] = "slots"
+    """transformers engine continuous batching: slots (caregpt's: one KV-cache row per request; models it cannot decode, e.g. sliding-window attention, fall back to paged with a warning) or paged (transformers' paged KV cache: less memory for long contexts, slower at many short streams). The static @serve.batch path was removed: it measured 2-3.5x slower at 32 streams."""
 
     max_batch_size: int = Field(default=32, ge=1)
     """Most requests decoded together in one replica."""
 
     kv_cache_tokens: int | None = Field(default=None, ge=16)
-    """continuous only: KV cache size in tokens per engine. Default: from free memory on GPU; max(max_model_len, 512 x max_batch_size) on CPU."""
+    """batching: paged only: KV cache size in tokens per engine. Default: from free memory on GPU; max(max_model_len, 512 x max_batch_size) on CPU."""
 
     stream_updates_per_s: float = Field(default=100.0, gt=0)
     """Streamed messages per second one model replica sends, over all its streams: alone a stream gets every token, with N streams each gets N/this-second batches."""
@@ -264,6 +264,9 @@ class ServeConfig(BaseModel):
             raise ValueError("colocate_router needs a single-model app: adapters_dir uses the separate model deployment (Serve multiplexing)")
         if self.num_replicas is None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is larger than max_replicas ({self.max_replicas})")
+        if self.kv_cache_tokens is not None and self.batching != "paged":
+            raise ValueError(f"kv_cache_tokens sizes the paged KV cache: set batching: paged, or drop kv_cache_tokens "
+                             f"(batching: {self.batching} keeps one cache row per request, at most max_batch_size x max_model_len tokens)")
         if self.finetune is not None and not self.adapters_dir:
             raise ValueError("finetune needs adapters_dir: fine-tuned adapters are published there and served by name")
         return self

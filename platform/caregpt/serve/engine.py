@@ -6,7 +6,7 @@ router and the LLM server, so swapping transformers for vLLM changes nothing a c
 
 Implementations:
 - :mod:`caregpt.serve.hf_engine` — transformers on CPU or a small GPU, batching concurrent
-  requests either with transformers' continuous batching or with Ray Serve's ``@serve.batch``.
+  requests continuously, with caregpt's slot batching or transformers' paged batching.
 - :mod:`caregpt.serve.vllm_engine` — vLLM on GPU clusters (optional extra, imported only when chosen).
 """
 

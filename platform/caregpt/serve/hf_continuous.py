@@ -9,7 +9,9 @@ greedily (argmax) and our processor perturbs each row's scores for the rows that
 Written against transformers 5.2x's ``ContinuousBatchingManager`` (``add_request``,
 ``register_result_handler``, ``cancel_request``) and its ``ContinuousBatchingLogitsProcessor``
 extension point; the manager's internals moved between releases, so the few internal touches
-are kept in :func:`_install_sampler` and :meth:`ContinuousBackend._forget`.
+are kept in :func:`_install_sampler`, :func:`_keep_torch_threads` and :meth:`ContinuousBackend._forget`.
+
+This is the ``batching: paged`` backend; the default is :mod:`caregpt.serve.slot_batching`.
 """
 
 from __future__ import annotations
@@ -66,6 +68,23 @@ def _install_sampler(manager: Any) -> None:
     manager.logit_processor = processors
 
 
+def _keep_torch_threads(manager: Any) -> None:
+    """Run the manager's generation thread with this thread's torch thread count.
+
+    OpenMP thread counts are per thread: a new thread falls back to OMP_NUM_THREADS (Ray sets it to
+    the replica's num_cpus, often 1) instead of what the replica set with torch.set_num_threads().
+    """
+    import torch
+
+    threads, loop = torch.get_num_threads(), manager._run_generation_loop
+
+    def run_generation_loop(*args: Any, **kwargs: Any) -> Any:
+        torch.set_num_threads(threads)
+        return loop(*args, **kwargs)
+
+    manager._run_generation_loop = run_generation_loop  # start() makes it the thread's target
+
+
 class ContinuousBackend:
     """Streams token ids for many concurrent requests through one continuous-batching manager."""
 
@@ -88,6 +107,7 @@ class ContinuousBackend:
         )
         self._manager = model.init_continuous_batching(generation_config=generation_config, continuous_batching_config=cb_config)
         _install_sampler(self._manager)
+        _keep_torch_threads(self._manager)
         self._manager.start()
 
     async def stream(self, request_id: str, prompt_ids: list[int], sampler: RowSampler, max_tokens: int, eos_ids: list[int]) -> AsyncIterator[tuple[list[int], bool]]:

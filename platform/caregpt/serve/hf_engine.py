@@ -1,7 +1,9 @@
 """The transformers engine: one loaded model, concurrent requests batched, answers streamed as text.
 
-Batching is transformers' continuous batching (:mod:`caregpt.serve.hf_continuous`): requests
-join and leave the running batch at every step. A static-batch path (Ray Serve's ``@serve.batch``)
+Batching is continuous: requests join and leave the running batch at every step. Two backends:
+``slots`` (:mod:`caregpt.serve.slot_batching`, the default: one KV-cache row per request, attention
+per row) and ``paged`` (:mod:`caregpt.serve.hf_continuous`: transformers' paged continuous batching,
+used for models slots cannot decode, e.g. sliding-window attention). A static-batch path (Ray Serve's ``@serve.batch``)
 existed until issue 16: measured with ``benchmarks/serve_load.py`` on the same model at 32
 concurrent 128-token streams it gave 1/2-1/3.5 of the output tokens/s and a median time to first
 token of 17-98 s instead of under 1 s, so it was removed.
@@ -22,8 +24,8 @@ from caregpt.serve.textstream import IncrementalText
 
 logger = logging.getLogger("caregpt.serve.hf_engine")
 
-Batching = Literal["continuous"]
-BATCHING_CHOICES: tuple[str, ...] = ("continuous",)
+Batching = Literal["slots", "paged"]
+BATCHING_CHOICES: tuple[str, ...] = ("slots", "paged")
 
 
 class TransformersEngine:
@@ -35,7 +37,7 @@ class TransformersEngine:
         tokenizer: Any,
         *,
         template_stops: tuple[str, ...] = (),
-        batching: Batching = "continuous",
+        batching: Batching = "slots",
         max_batch_size: int = 32,
         max_model_len: int | None = None,
         kv_cache_tokens: int | None = None,
@@ -49,13 +51,24 @@ class TransformersEngine:
         stop_ids, text_stops = stop_token_ids(tokenizer, template_stops, model)
         self.stop_ids, self.text_stops = stop_ids, tuple(text_stops)
         pad = default_pad_id(tokenizer, self.stop_ids)
-        self.batching = batching
-        if batching == "continuous":
+        if batching not in BATCHING_CHOICES:
+            raise ValueError(f"unknown batching {batching!r}; use one of {BATCHING_CHOICES}")
+        self._backend: Any = None
+        if batching == "slots":
+            from caregpt.serve.slot_batching import SlotBackend, SlotsUnsupported
+
+            if kv_cache_tokens is not None:
+                raise ValueError("kv_cache_tokens sizes the paged cache (batching: paged); slots keep one row per request, bounded by max_batch_size x max_model_len")
+            try:
+                self._backend = SlotBackend(model, max_batch_size=max_batch_size, max_model_len=self.max_model_len)
+            except SlotsUnsupported as exc:
+                logger.warning("slot batching cannot serve this model (%s): using transformers' paged continuous batching", exc)
+                batching = "paged"
+        if self._backend is None:
             from caregpt.serve.hf_continuous import ContinuousBackend
 
             self._backend = ContinuousBackend(model, pad_token_id=pad, max_batch_size=max_batch_size, max_model_len=self.max_model_len, kv_cache_tokens=kv_cache_tokens)
-        else:
-            raise ValueError(f"unknown batching {batching!r}; use one of {BATCHING_CHOICES}")
+        self.batching = batching
         self._waiting = 0
         self._running = 0
         logger.info("transformers engine ready: batching=%s, max_batch_size=%d, max_model_len=%d, stop ids %s", batching, max_batch_size, self.max_model_len, self.stop_ids)
