@@ -76,6 +76,15 @@ def wait_running(name: str, timeout_s: float) -> None:
     raise TimeoutError(f"application {name} not running after {timeout_s} s: {serve.status().applications.get(name)}")
 
 
+def delete_soon(name: str) -> None:
+    """Delete an app without waiting for its replicas' graceful shutdown (~2 s each time): that overlaps the next
+    test, whose apps have names and route prefixes of their own; serve_http's serve.shutdown waits for everything."""
+    from ray import serve
+
+    with contextlib.suppress(Exception):  # already gone is fine
+        serve.delete(name, _blocking=False)
+
+
 def running_replicas(app: str, deployment: str = "LLMServer") -> int:
     from ray import serve
 

@@ -11,7 +11,6 @@ Run: .venv/bin/pytest tests/e2e/test_finetune_service.py -q   (a few minutes on 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import time
@@ -19,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy
+from tests.e2e.serve_support import delete_soon, deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -40,8 +39,6 @@ def jsonl(rows: list) -> bytes:
 
 @pytest.fixture(scope="module")
 def ft_app(serve_http, tiny_model, tmp_path_factory):
-    from ray import serve
-
     root = tmp_path_factory.mktemp("ft_root")
     adapters = tmp_path_factory.mktemp("ft_adapters")
     settings = {
@@ -53,8 +50,7 @@ def ft_app(serve_http, tiny_model, tmp_path_factory):
     }
     deploy(APP, PREFIX, settings)
     yield {"url": f"{serve_http}{PREFIX}/v1", "settings": settings, "root": root, "adapters": adapters}
-    with contextlib.suppress(Exception):
-        serve.delete(APP)
+    delete_soon(APP)
 
 
 def answer_text(reply) -> str:

@@ -181,9 +181,7 @@ def test_access_log_records_requests_without_their_text(client, chat_app):
 
 def test_base_plus_checkpoint_dir_equals_the_adapter_served_by_name(client, chat_app, adapters_dir):
     """`--checkpoint_dir` merges the adapter at load time: the answer is the one of the multiplexed adapter."""
-    from ray import serve
-
-    from tests.e2e.serve_support import deploy
+    from tests.e2e.serve_support import delete_soon, deploy
 
     settings = {**chat_app["settings"], "checkpoint_dir": [str(adapters_dir / ADAPTERS[1])], "adapters_dir": None, "served_model_name": "merged"}
     deploy("serve_merged", "/merged", settings)
@@ -194,7 +192,7 @@ def test_base_plus_checkpoint_dir_equals_the_adapter_served_by_name(client, chat
         assert [m.id for m in merged.models.list().data] == ["merged"]
         assert greedy(merged, "merged") == greedy(client, ADAPTERS[1])
     finally:
-        serve.delete("serve_merged")
+        delete_soon("serve_merged")
 
 
 def test_prometheus_metrics_are_exported(client, chat_app):

@@ -8,12 +8,11 @@ Run: PYTHONPATH=platform:. .venv/bin/python -m pytest tests/e2e/test_serve_coloc
 
 from __future__ import annotations
 
-import contextlib
 
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy
+from tests.e2e.serve_support import delete_soon, deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -22,14 +21,11 @@ APP, PREFIX = "colocated", "/colo"
 
 @pytest.fixture(scope="module")
 def app(serve_http, tiny_model) -> str:
-    from ray import serve
-
     settings = {"model_name_or_path": tiny_model, "served_model_name": "tiny-medical", "colocate_router": True, "num_cpus": 0.5,
                 "default_max_tokens": 16, "max_model_len": 512, "disclaimer": False, "request_timeout_s": 60}
     deploy(APP, PREFIX, settings)
     yield f"{serve_http}{PREFIX}"
-    with contextlib.suppress(Exception):
-        serve.delete(APP)
+    delete_soon(APP)
 
 
 def test_one_deployment_answers_streamed_and_whole(app):

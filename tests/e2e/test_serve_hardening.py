@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy, free_port
+from tests.e2e.serve_support import delete_soon, deploy, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -57,12 +57,9 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def app(serve_http, tiny_model) -> dict:
-    from ray import serve
-
     deploy(APP, PREFIX, {"model_name_or_path": tiny_model, **SETTINGS})
     yield {"url": f"{serve_http}{PREFIX}", "upstream": serve_http}
-    with contextlib.suppress(Exception):
-        serve.delete(APP)
+    delete_soon(APP)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.serve_support import deploy
+from tests.e2e.serve_support import delete_soon, deploy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 APP, PREFIX, KEY = "medical_api", "/med", "sk-medical-test"
@@ -14,8 +14,6 @@ APP, PREFIX, KEY = "medical_api", "/med", "sk-medical-test"
 
 @pytest.fixture(scope="module")
 def medical_app(serve_http, tiny_model, test_data, tmp_path_factory):
-    from ray import serve
-
     from caregpt.kb.ingest import ingest
 
     kb_dir = tmp_path_factory.mktemp("kb") / "hospital"
@@ -29,7 +27,7 @@ def medical_app(serve_http, tiny_model, test_data, tmp_path_factory):
     }
     deploy(APP, PREFIX, settings)
     yield f"{serve_http}{PREFIX}"
-    serve.delete(APP)
+    delete_soon(APP)
 
 
 def _client(url: str):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.e2e.serve_support import deploy, running_replicas
+from tests.e2e.serve_support import delete_soon, deploy, running_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
@@ -67,8 +67,6 @@ async def _wait_until(predicate, timeout_s: float, every_s: float = 0.5) -> floa
 
 
 def test_autoscaling_up_under_load_and_back_down(serve_http, tiny_model):
-    from ray import serve
-
     name, prefix = "serve_autoscale", "/autoscale"
     autoscaling = {
         "min_replicas": 1, "initial_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
@@ -95,7 +93,7 @@ def test_autoscaling_up_under_load_and_back_down(serve_http, tiny_model):
         assert peak >= 2 and served > 0
         assert down is not None, "replicas did not scale back down to 1 after the load stopped"
     finally:
-        serve.delete(name)
+        delete_soon(name)
 
 
 def _replica_pids(app: str) -> list[int]:
@@ -110,7 +108,6 @@ def _replica_pids(app: str) -> list[int]:
 
 def test_replica_killed_during_load(serve_http, tiny_model):
     from openai import AsyncOpenAI
-    from ray import serve
 
     name, prefix = "serve_fault", "/fault"
     deploy(name, prefix, settings(tiny_model, num_replicas=2, max_ongoing_requests=16))
@@ -158,4 +155,4 @@ def test_replica_killed_during_load(serve_http, tiny_model):
         assert sum(outcomes) >= 297, f"only {sum(outcomes)} of 300 requests succeeded"
         assert recovered_s is not None and recovered_s <= 30, f"2 replicas were not running again within 30 s of the kill ({recovered_s})"
     finally:
-        serve.delete(name)
+        delete_soon(name)

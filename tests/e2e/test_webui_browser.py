@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.openai_standin import CITATIONS, StandinAPI, free_port
-from tests.e2e.serve_support import ADAPTERS
+from tests.e2e.serve_support import ADAPTERS, delete_soon
 
 pytestmark = [pytest.mark.e2e]
 
@@ -281,7 +281,7 @@ def test_webui_as_a_serve_app_next_to_the_real_api(chat_app, page):
         assert chat_app["key"] not in body and "Traceback" not in body
         assert page.external_requests == []
     finally:
-        serve.delete(name)
+        delete_soon(name)
 
 
 def _settled_text(page) -> bool:
