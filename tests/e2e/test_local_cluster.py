@@ -1,14 +1,13 @@
 """End-to-end test of cluster/local/: a real two-node Ray cluster on this machine.
 
-start.sh brings up a head node and a worker node (own temp dir, free ports), a
-separate client process connects with the env file start.sh writes, runs one task
-on each node, the dashboard HTTP API and `ray job submit` are exercised, our training
-metrics are scraped from the worker node as Prometheus would (this was
-tests/e2e/test_metrics_scrape.py, which started a cluster of its own for it), then
-start_worker.sh adds a second worker node `node_b` and `caregpt train` runs 2 Ray Train workers
-with SPREAD across the two worker nodes (was tests/e2e/test_two_node_cluster.py, another cluster
-of its own: the head offers no CPU, so no training worker can land there), and stop.sh must take
-down exactly this cluster, all three nodes. A finalizer always runs stop.sh.
+start.sh brings up a head node (no CPU: no training worker can land there) and a worker node
+(own temp dir, free ports), a separate client process connects with the env file start.sh writes
+and runs one task on each node, the dashboard HTTP API is exercised, start_worker.sh adds a second
+worker node `node_b`, `ray job submit` trains with 2 Ray Train workers placed SPREAD, one on each
+worker node (was tests/e2e/test_two_node_cluster.py, with a cluster and a training run of its own),
+our training metrics are scraped from the worker node as Prometheus would (was
+tests/e2e/test_metrics_scrape.py, another cluster of its own), and stop.sh must take down exactly
+this cluster, all three nodes. A finalizer always runs stop.sh.
 
 Run: PYTHONPATH=platform .venv/bin/python -m pytest tests/e2e/test_local_cluster.py -q -s
 """
@@ -45,7 +44,6 @@ STOP = REPO / "cluster" / "local" / "stop.sh"
 HEAD_CPUS = 0  # no training worker can land on the head: SPREAD must use both worker nodes (the node_b part)
 WORKER_CPUS = 2
 NODE_B_CPUS = 2
-CAREGPT = str(Path(sys.executable).parent / "caregpt")
 
 # Runs in a separate interpreter so the auth env vars are in place before `import ray`
 # and this pytest process keeps no Ray state.
@@ -325,12 +323,24 @@ def test_local_two_node_cluster(cluster_env, tiny_model, test_data, tmp_path):
     status, body = _http(f"{dash_url}/api/jobs/", token=token)
     assert status == 200 and isinstance(json.loads(body), list), body
 
-    # --- ray job submit, as printed by start.sh: jobs/train.py trains on the cluster ---------
+    # --- our training metrics are scraped from the worker node (was tests/e2e/test_metrics_scrape.py) -----
+    t = time.monotonic()
+    _training_metrics_are_scraped_from_the_worker_node(cluster_env, started, tiny_model, tmp_path)
+    timings["metrics scrape"] = time.monotonic() - t
+
+    # --- a second worker node (was tests/e2e/test_two_node_cluster.py) ------------------------------
+    t = time.monotonic()
+    names = _add_node_b(cluster_env)
+    timings["node_b"] = time.monotonic() - t
+
+    # --- ray job submit, as printed by start.sh: jobs/train.py trains on the cluster, 2 workers SPREAD ----
+    # (the two-node test's `caregpt train` as a cluster client was a second run of the same job: a driver joining
+    # a cluster through RAY_ADDRESS is this job's driver, the probe above and tests/e2e/test_seed_commands.py)
     t = time.monotonic()
     job_env = {**client_env}
     job_env.pop("RAY_AUTH_TOKEN", None)
     out = tmp_path / "out"
-    config = small_train_config(tmp_path, tiny_model, test_data)
+    config = small_train_config(tmp_path, tiny_model, test_data, num_workers=2, placement_strategy="SPREAD")
     ray = str(cluster_env["ray_bin"])
     submission = f"caregpt-test-{os.getpid()}"
     submitted = _run([ray, "job", "submit", "--address", dash_url, "--submission-id", submission,
@@ -343,16 +353,8 @@ def test_local_two_node_cluster(cluster_env, tiny_model, test_data, tmp_path):
     status = _run([ray, "job", "status", "--address", dash_url, submission], job_env, timeout=60)
     assert f"Job '{submission}' succeeded" in status.stdout, _show(status)  # `ray job status` wording in 2.60
     assert (out / "adapter_model.safetensors").is_file() and (out / "trainer_log.jsonl").is_file()
-
-    # --- our training metrics are scraped from the worker node (was tests/e2e/test_metrics_scrape.py) -----
-    t = time.monotonic()
-    _training_metrics_are_scraped_from_the_worker_node(cluster_env, started, tiny_model, tmp_path)
-    timings["metrics scrape"] = time.monotonic() - t
-
-    # --- a second worker node, SPREAD training on both worker nodes (was tests/e2e/test_two_node_cluster.py) ---
-    t = time.monotonic()
-    _spread_training_runs_on_two_worker_nodes(cluster_env, tiny_model, test_data, tmp_path / "spread", timings)
-    timings["node_b + spread train"] = time.monotonic() - t
+    assert json.loads((out / "all_results.json").read_text())["step"] == 3
+    _assert_one_train_worker_on_each_worker_node(cluster_env, names)
 
     # --- stop: exactly our processes (all three nodes), ports closed, idempotent ---------------
     by_node = {p.stem: int(p.read_text()) for p in (tmp / "caregpt-local").glob("*.sid")}
@@ -436,13 +438,10 @@ def _training_metrics_are_scraped_from_the_worker_node(info: dict, started: subp
     assert found[head_target] == {}  # the head answered, without this run's series
 
 
-def _spread_training_runs_on_two_worker_nodes(info: dict, tiny_model: str, test_data: Path, tmp_path: Path, timings: dict) -> None:
-    """The checks of the former tests/e2e/test_two_node_cluster.py, on this test's cluster: start_worker.sh adds
-    `node_b` (its own raylet, object store, agents, metrics port and custom resource); `caregpt train` then runs as
-    a client of the cluster with `num_workers: 2, placement_strategy: SPREAD`, and the state API must show the two
-    RayTrainWorker actors on two different worker nodes; status.sh lists node_b."""
+def _add_node_b(info: dict) -> dict[str, str]:
+    """The node checks of the former tests/e2e/test_two_node_cluster.py: start_worker.sh adds `node_b` (its own
+    raylet, object store, agents, metrics port and custom resource); status.sh lists it. Returns node_id -> name."""
     env = info["env"]
-    tmp_path.mkdir(parents=True)
     added = _run(["bash", START_WORKER, "node_b"], {**env, "CAREGPT_RAY_NODE_NUM_CPUS": str(NODE_B_CPUS)}, timeout=180)
     assert added.returncode == 0, _show(added)
 
@@ -458,20 +457,13 @@ def _spread_training_runs_on_two_worker_nodes(info: dict, tiny_model: str, test_
 
     status = _run(["bash", STATUS], env, timeout=120)
     assert status.returncode == 0 and "node_b" in status.stdout, _show(status)
+    return names
 
-    # --- train: the driver is a client of the cluster (RAY_ADDRESS from the env file) ------
-    earlier = {w["actor_id"] for w in state_list(info, "actors", class_name="RayTrainWorker")}  # the job's run above
-    t = time.monotonic()
-    out = tmp_path / "out"
-    config = small_train_config(tmp_path, tiny_model, test_data, max_steps=2, num_workers=2, placement_strategy="SPREAD")
-    trained = _run([CAREGPT, "train", config], {**cluster_client_env(info), "CAREGPT_PROGRESS": "0"}, timeout=600, cwd=str(tmp_path))
-    timings["spread train"] = time.monotonic() - t
-    assert trained.returncode == 0, _show(trained)
-    results = json.loads((out / "all_results.json").read_text())
-    assert results["step"] == 2 and (out / "adapter_model.safetensors").is_file()
 
-    # --- placement: one Ray Train worker on each worker node ------------------------------
-    workers = [w for w in state_list(info, "actors", class_name="RayTrainWorker") if w["actor_id"] not in earlier]
+def _assert_one_train_worker_on_each_worker_node(info: dict, names: dict[str, str]) -> None:
+    """Placement (the former tests/e2e/test_two_node_cluster.py): `num_workers: 2, placement_strategy: SPREAD` put
+    one RayTrainWorker on each worker node; the head offers no CPU, so neither could land there."""
+    workers = state_list(info, "actors", class_name="RayTrainWorker")
     assert len(workers) == 2, workers
     placed = [names[w["node_id"]] for w in workers]
     assert len(set(placed)) == 2, f"SPREAD put both workers on {placed}"
