@@ -20,7 +20,11 @@ Scenarios (``--only`` picks some):
   ``hf-serve``        ``transformers serve --continuous-batching`` on the same model at C=32 (same KV size)
   ``in-process``      the same engine called in this process, C=1 (TTFT without HTTP and Ray)
 
-Both apps are reached through caregpt's front proxy (a subprocess, as in every deployment).
+Both apps are reached through caregpt's front proxy (a subprocess, as in every deployment). Each Ray app
+runs ``--replicas`` model replicas of ``--threads`` torch threads (default: one 1-thread replica per core,
+the layout that decodes fastest on CPUs); the in-process engine uses ``--threads`` too (it is "the same
+engine" the TTFT ratio compares with); `transformers serve` is one process and gets ``--hf-threads``
+(default: every core).
 
 Ratios printed per app (targets, never asserted): output tokens/s at C=32 vs transformers serve >= 1.2x;
 TTFT p50 at C=1 through HTTP vs in-process <= 1.25x; C=32 vs C=1 output tokens/s >= 6x. The per-message
@@ -226,7 +230,7 @@ def deploy_ray(model_dir: Path, scenario: str, args) -> tuple[str, str]:
     settings = {
         "model_name_or_path": str(model_dir), "served_model_name": "bench34m", "template": "chatml",
         "colocate_router": RAY_APPS[scenario], "max_batch_size": args.max_batch_size,
-        "num_replicas": 1, "num_cpus": 1, "router_num_cpus": 0.1, "torch_threads": args.threads,
+        "num_replicas": args.replicas, "num_cpus": args.threads, "router_num_cpus": 0.1, "torch_threads": args.threads,
         "max_ongoing_requests": max(64, args.concurrency * 2), "max_model_len": 2048, "request_timeout_s": 900,
     }
     serve.run(build_app(settings), name=name, route_prefix=f"/{name}", blocking=False)
@@ -252,7 +256,7 @@ def start_hf_serve(model_dir: Path, args) -> tuple[subprocess.Popen, str]:
     exe = Path(sys.executable).with_name("transformers")
     cmd = [str(exe), "serve", str(model_dir), "--continuous-batching", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
            "--cb-num-blocks", str(-(-max(2048, args.max_batch_size * 512) // 256)), "--cb-max-batch-tokens", "1024", "--log-level", "warning"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.hf_threads)}
     log = open(Path(args.workdir) / "transformers_serve.log", "a")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     import httpx
@@ -373,7 +377,7 @@ async def main_async(args) -> dict:
 
             from caregpt.runtime import ensure_ray
 
-            ensure_ray(num_cpus=4)
+            ensure_ray(num_cpus=max(4, len(ray_apps) * args.replicas * args.threads + 1))  # logical CPUs: every app's replicas at once
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             cleanups.append(lambda: (serve.shutdown(), ray.shutdown()))
@@ -432,7 +436,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-c1", action="store_true", help="also run transformers serve one request at a time")
     parser.add_argument("--rate", type=float, default=None, help="Poisson arrival rate (requests/s) instead of back-to-back requests")
     parser.add_argument("--max-batch-size", type=int, default=32, help="engine batch size (default 32)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads of every engine (default: CPU count)")
+    parser.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="model replicas of each Ray app (default: CPU count)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per Ray model replica and of the in-process engine (default 1)")
+    parser.add_argument("--hf-threads", type=int, default=os.cpu_count() or 2, help="torch threads of transformers serve, one process (default: CPU count)")
     parser.add_argument("--workdir", default=None, help="where the model and logs go (default: a temp dir, deleted unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--json", default=None, help="also write the results here")

@@ -79,7 +79,7 @@ class ServeConfig(BaseModel):
     """Streamed messages per second one model replica sends, over all its streams: alone a stream gets every token, with N streams each gets N/this-second batches."""
 
     torch_threads: int | None = Field(default=None, ge=1)
-    """CPU threads torch uses per replica. Default: what Ray gives the replica (its num_cpus, at least 1)."""
+    """CPU threads torch uses per replica. Default: what Ray gives the replica (its num_cpus, at least 1). On CPUs, small models decode faster as more replicas of one thread than as one replica of many threads (decode matrices are too small to split well): on 2 cores, two 1-thread engines made 1.4x the tokens/s of one 2-thread engine (benchmarks/serve_load.py)."""
 
     vllm_options: dict[str, Any] = {}
     """Extra keyword arguments for vllm.AsyncEngineArgs (e.g. gpu_memory_utilization, tensor_parallel_size)."""
