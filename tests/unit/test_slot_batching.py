@@ -163,3 +163,20 @@ def test_kv_cache_tokens_is_refused_unless_the_cache_is_paged():
         ServeConfig(model_name_or_path="m", kv_cache_tokens=4096)
     assert ServeConfig(model_name_or_path="m", batching="paged", kv_cache_tokens=4096).kv_cache_tokens == 4096
     assert ServeConfig(model_name_or_path="m").batching == "slots"
+
+
+def test_shutting_down_fails_the_requests_still_running(model):
+    """An evicted adapter's engine is shut down while a request may still stream from it: it gets an error, not silence."""
+    backend = SlotBackend(model, max_batch_size=2, max_model_len=256)
+
+    async def main():
+        stream = backend.stream("long", [5, 6, 7], RowSampler(SamplingParams(max_tokens=200, temperature=0)), 200, [])
+        await stream.__anext__()
+        await asyncio.to_thread(backend.shutdown)
+        with pytest.raises(EngineError, match="shut down"):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineError, match="shut down"):
+            await _collect(backend, "late", [5, 6], 4)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -177,6 +177,7 @@ class SlotBackend:
         self._prefilling: _Request | None = None
         self._running: list[_Request] = []  # row i holds self._running[i]
         self._stop = threading.Event()
+        self._closing, self._closed = threading.Lock(), False
         self._wake = threading.Event()
         self.fatal_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="caregpt-slot-batching", daemon=True)
@@ -217,12 +218,15 @@ class SlotBackend:
     # ---- the asyncio side ------------------------------------------------------------------
     async def stream(self, request_id: str, prompt_ids: list[int], sampler: RowSampler, max_tokens: int, eos_ids: list[int]) -> AsyncIterator[tuple[list[int], bool]]:
         """(new token ids, finished) as the steps produce them; closing early cancels the request."""
-        if not self.alive():
-            raise EngineError(f"the slot batching loop has stopped: {self.fatal_error!r}")
+        if self._stop.is_set() or not self.alive():
+            raise EngineError(f"the slot batching loop has stopped ({self.fatal_error!r})" if self.fatal_error else "the engine is shut down")
         if len(prompt_ids) + max_tokens > self.max_model_len:
             raise EngineError(f"prompt ({len(prompt_ids)}) + max_tokens ({max_tokens}) exceeds the engine's max_model_len {self.max_model_len}")
         req = _Request(request_id, list(prompt_ids), sampler, max_tokens, frozenset(eos_ids), asyncio.get_running_loop(), asyncio.Queue())
-        self._incoming.put(req)
+        with self._closing:
+            if self._closed:
+                raise EngineError("the engine is shut down")
+            self._incoming.put(req)
         self._wake.set()
         finished = False
         try:
@@ -278,6 +282,15 @@ class SlotBackend:
             self.fatal_error = exc
             logger.exception("the slot batching loop stopped")
             self._fail_all(exc)
+        # stopped (an evicted adapter, a replica going away): whoever still waits gets an error, not silence
+        with self._closing:
+            self._closed = True  # stream() adds no request after this drain
+        self._admit()
+        stopped = EngineError("the engine was shut down before this request finished")
+        for req in self._waiting:
+            self._running.append(req)
+        self._waiting.clear()
+        self._fail_all(stopped)
 
     def _admit(self) -> None:
         while True:
