@@ -160,7 +160,8 @@ class SlotBackend:
         # from the replica's main thread and would fall back to OMP_NUM_THREADS, which Ray sets to 1.
         self._threads = torch.get_num_threads()
         self._device = model.device
-        self._dtype = next(model.parameters()).dtype
+        # the compute dtype (transformers' `dtype`: the first floating-point weight; 4-bit weights are uint8)
+        self._dtype = getattr(model, "dtype", None) or next(p.dtype for p in model.parameters() if p.is_floating_point())
         self._neg = torch.finfo(self._dtype).min
         self._cache_kw = _cache_kwarg(model)
         self._cache = SlotCache(max_batch_size, max_model_len)
