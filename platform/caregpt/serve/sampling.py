@@ -1,7 +1,7 @@
 """Per-request sampling inside a shared batch: greedy, temperature, top_p and a seed per row.
 
-Both transformers batching strategies run one forward pass for many requests, each with its own
-settings. Rather than ask the batch to *sample*, we perturb each row's scores so that a plain
+Both batching backends (caregpt's slots, transformers' paged) run one forward pass for many
+requests, each with its own settings. Rather than ask the batch to *sample*, we perturb each row's scores so that a plain
 ``argmax`` picks a token with exactly the sampling distribution (the Gumbel-max trick):
 ``argmax(logits / T + G)`` with ``G = -log(-log(U))``, ``U ~ Uniform(0, 1)`` is a draw from
 ``softmax(logits / T)``. Greedy rows get no noise. The noise of a row comes from that request's own

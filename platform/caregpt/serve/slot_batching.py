@@ -138,8 +138,12 @@ class SlotsUnsupported(RuntimeError):
     """This model cannot be decoded with slots (the reason says why); serve it with the paged backend."""
 
 
+def _text_config(model: Any) -> Any:
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def _architecture_problem(model: Any) -> str | None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = _text_config(model)
     types = set(getattr(config, "layer_types", None) or ())
     if types - {"full_attention"}:
         return f"its attention layers are {sorted(types)} (slots handle full attention only)"
@@ -194,7 +198,7 @@ class SlotBackend:
 
         if self.slots < 2 or self.max_model_len < 16:
             return None  # too small to run the check; nothing batches rows of different lengths anyway
-        vocab = int(getattr(self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config, "vocab_size", 0) or 32)
+        vocab = int(getattr(_text_config(self.model), "vocab_size", 0) or 32)
         gen = torch.Generator().manual_seed(0)
         seqs = [torch.randint(1, vocab, (n,), generator=gen).tolist() for n in (11, 6)]
         prompts = [seqs[0][:8], seqs[1][:3]]
