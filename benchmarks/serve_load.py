@@ -20,7 +20,9 @@ Scenarios (``--only`` picks some):
   ``hf-serve``        ``transformers serve --continuous-batching`` on the same model at C=32 (same KV size)
   ``in-process``      the same engine called in this process, C=1 (TTFT without HTTP and Ray)
 
-Both apps are reached through caregpt's front proxy (a subprocess, as in every deployment). Each Ray app
+Each app is reached through caregpt's front proxy (a subprocess of its own, as the KubeRay sidecar runs
+it), which sends requests straight to the app's replicas (Ray Serve direct ingress, as `caregpt serve`
+does; ``--serve-proxy``: through Serve's HTTP proxy instead, the path before direct ingress). Each Ray app
 runs ``--replicas`` model replicas of ``--threads`` torch threads (default: one 1-thread replica per core,
 the layout that decodes fastest on CPUs); the in-process engine uses ``--threads`` too (it is "the same
 engine" the TTFT ratio compares with); `transformers serve` is one process and gets ``--hf-threads``
@@ -221,7 +223,7 @@ async def run_load(base_url: str, model: str, prompts, *, concurrency: int, requ
 
 
 # ---- the servers -----------------------------------------------------------------------------------
-def deploy_ray(model_dir: Path, scenario: str, args) -> tuple[str, str]:
+def deploy_ray(model_dir: Path, scenario: str, args) -> str:
     from ray import serve
 
     from caregpt.serve.app import build_app
@@ -239,14 +241,19 @@ def deploy_ray(model_dir: Path, scenario: str, args) -> tuple[str, str]:
         if time.monotonic() > deadline or serve.status().applications[name].status == "DEPLOY_FAILED":
             raise RuntimeError(f"{name} did not start: {serve.status().applications[name].message}")
         time.sleep(0.5)
-    return name, f"{args.front_url}/{name}/v1"
+    return name
 
 
-def start_front(serve_port: int) -> tuple[subprocess.Popen, str]:
-    """caregpt's front proxy before Serve's, in its own process (as the KubeRay sidecar runs it)."""
+def start_front(serve_port: int, app: str | None) -> tuple[subprocess.Popen, str]:
+    """caregpt's front proxy before Serve's, in its own process (as the KubeRay sidecar runs it); with an app name
+    it forwards to that app's replicas directly (joining this Ray to ask for their ports)."""
+    import ray
+
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "caregpt.serve.front", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{serve_port}"],
-                            stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "caregpt.serve.front", "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{serve_port}"]
+    cmd += ["--direct_app", app] if app else []
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     assert "listening" in proc.stdout.readline(), "the front proxy did not start"
     return proc, f"http://127.0.0.1:{port}"
 
@@ -377,16 +384,22 @@ async def main_async(args) -> dict:
 
             from caregpt.runtime import ensure_ray
 
+            if not args.serve_proxy:
+                from caregpt.serve.ingress import prefer_direct_ingress
+
+                prefer_direct_ingress()
             ensure_ray(num_cpus=max(4, len(ray_apps) * args.replicas * args.threads + 1))  # logical CPUs: every app's replicas at once
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             cleanups.append(lambda: (serve.shutdown(), ray.shutdown()))
-            front, args.front_url = start_front(port)
-            cleanups.append(lambda: (front.terminate(), front.wait(timeout=60)))
+            fronts: list[subprocess.Popen] = []
+            cleanups.append(lambda: [(f.terminate(), f.wait(timeout=60)) for f in fronts])
             for app in ray_apps:
                 print(f"deploying the Ray Serve app ({app})...", flush=True)
-                _, url = deploy_ray(model_dir, app, args)
-                targets.append((app, url, "bench34m", IGNORE_EOS, [c1, cn]))
+                name = deploy_ray(model_dir, app, args)
+                front, front_url = start_front(port, None if args.serve_proxy else name)
+                fronts.append(front)
+                targets.append((app, f"{front_url}/{name}/v1", "bench34m", IGNORE_EOS, [c1, cn]))
         hf_loads = [c1, cn] if args.hf_c1 else [cn]
         hf_proc: list[subprocess.Popen] = []
         cleanups.append(lambda: [(p.terminate(), p.wait(timeout=60)) for p in hf_proc if p.poll() is None])
@@ -439,6 +452,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="model replicas of each Ray app (default: CPU count)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per Ray model replica and of the in-process engine (default 1)")
     parser.add_argument("--hf-threads", type=int, default=os.cpu_count() or 2, help="torch threads of transformers serve, one process (default: CPU count)")
+    parser.add_argument("--serve-proxy", action="store_true", help="front -> Serve's HTTP proxy -> replica, instead of front -> replica (direct ingress)")
     parser.add_argument("--workdir", default=None, help="where the model and logs go (default: a temp dir, deleted unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -449,7 +463,7 @@ def main(argv=None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     try:
         out = asyncio.run(main_async(args))
-        out["settings"] = {k: v for k, v in vars(args).items() if k != "front_url"}
+        out["settings"] = vars(args)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False))
     finally:

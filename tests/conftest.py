@@ -24,6 +24,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray Train polls its workers every 2 s by default and each report() waits for a poll; a tiny test run is
 # mostly that wait. Set before any Ray starts, so the local raylets and every CLI subprocess inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Serve as `caregpt serve` runs it: ingress replicas serve HTTP themselves too (direct ingress), beside Serve's proxy.
+from caregpt.serve.ingress import prefer_direct_ingress  # noqa: E402
+
+prefer_direct_ingress()
 
 
 @pytest.fixture(scope="session")

@@ -110,6 +110,8 @@ def test_serve_command_answers_and_drains_on_ctrl_c(tiny_model, tmp_path):
             assert response.status_code == 200, response.text[:300]
             assert response.json()["usage"]["completion_tokens"] == 120  # drained: finished, not cut off
         assert "draining" in (tmp_path / "serve.log").read_text()
+        # the front sent requests straight to the router replica (Serve's direct ingress, on for an embedded Ray)
+        assert "The front sends requests straight to 1 ingress replica(s) on this machine" in (tmp_path / "serve.log").read_text()
         assert "Failed to connect to GCS" not in (tmp_path / "serve.log").read_text()
         assert stopped_s < 30, stopped_s
     finally:

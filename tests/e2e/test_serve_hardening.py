@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,14 +64,21 @@ def app(serve_http, tiny_model) -> dict:
 
 
 @pytest.fixture(scope="module")
-def front(app) -> dict:
-    """The front proxy as it runs in the Docker image and the KubeRay sidecar: its own process."""
+def front(app, ray_address) -> dict:
+    """The front proxy as it runs in the Docker image and the KubeRay sidecar: its own process, sending requests
+    straight to the app's router replica (Serve direct ingress, on in the test Ray as `caregpt serve` turns it on)."""
     port = free_port()
     upstream = app["upstream"].removeprefix("http://")
-    proc = subprocess.Popen([sys.executable, "-m", "caregpt.serve.front", "--listen", f"127.0.0.1:{port}", "--upstream", upstream],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "caregpt.serve.front", "--listen", f"127.0.0.1:{port}", "--upstream", upstream, "--direct_app", APP],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_ADDRESS": ray_address})
     line = proc.stdout.readline()
     assert "listening" in line, line
+    said: list[str] = []
+    threading.Thread(target=lambda: said.extend(proc.stdout), daemon=True).start()  # keeps the pipe drained too
+    deadline = time.monotonic() + 30
+    while not any("forwarding to 1 local ingress replica(s) directly" in line for line in said):
+        assert time.monotonic() < deadline and proc.poll() is None, f"the front never got the router replica's port: {said[-5:]}"
+        time.sleep(0.2)
     yield {"url": f"http://127.0.0.1:{port}{PREFIX}", "port": port}
     proc.terminate()
     proc.wait(timeout=30)

@@ -6,7 +6,9 @@
     caregpt serve serve_apps/configs/chat_tiny_cpu.yaml --port 8001               # a Serve config
 
 Clients reach caregpt's front proxy (:mod:`caregpt.serve.front`: header and body timeouts, a
-connection cap) on host:port; Ray Serve's proxy listens behind it on 127.0.0.1.
+connection cap) on host:port; Ray Serve's proxy listens behind it on 127.0.0.1. With an embedded
+Ray, Serve's direct ingress is on and the front sends requests straight to the app's replicas on
+this machine (:mod:`caregpt.serve.ingress`), Serve's proxy taking what they cannot.
 
 Ctrl-C or SIGTERM drains: the front stops accepting and lets forwarded requests finish, then the
 application is deleted through Serve. With an embedded Ray the command supervises a child in its
@@ -122,6 +124,10 @@ def main(argv: list[str]) -> int:
 
     # Shut Serve and Ray down at the end only if this process started them (never a cluster it joined).
     embedded = embedded and not ray.is_initialized()
+    if config.front_proxy:
+        from caregpt.serve.ingress import prefer_direct_ingress
+
+        prefer_direct_ingress()  # an embedded Ray's replicas then serve the front directly (caregpt.serve.ingress)
     ensure_ray(config.ray_address)
     # host / port: a flag wins over the Serve config's http_options, which win over the defaults
     from caregpt.config.loader import split_argv
@@ -141,18 +147,24 @@ def main(argv: list[str]) -> int:
     if config.front_proxy:
         from caregpt.serve.front import FrontProxy, FrontThread, options_from_config
 
+        from caregpt.serve.ingress import IngressTargets
+
         front = FrontThread(FrontProxy(("127.0.0.1", http["port"]), **options_from_config(config)), public["host"], public["port"])
+        targets = IngressTargets(name, front.proxy.set_direct_ports).start()
+        targets.first_ports()
     http = public
     base = f"http://{http['host']}:{http['port']}{route_prefix.rstrip('/')}"
     print(f"\nCareGPT API ready: {base}/v1  (model: {config.model_name})\n"
           f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
           f"-d '{{\"model\": \"{config.model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"你好\"}}]}}'\n"
-          "Ctrl-C drains running requests and stops.", flush=True)
+          + (f"  The front sends requests {targets.describe()}.\n" if front is not None else "")
+          + "Ctrl-C drains running requests and stops.", flush=True)
     try:
         _wait_for_stop()
     finally:
         print("draining: finishing running requests, then stopping...", flush=True)
         if front is not None:  # no new requests; the forwarded ones finish (the whole stop stays within 30 s)
+            targets.stop()
             front.drain(min(config.graceful_shutdown_timeout_s, 20.0))
         serve.delete(name)
         if embedded:
