@@ -1,4 +1,5 @@
-"""`caregpt run --dry-run`: prints the resolved plan, honours --only, refuses unknown step names; runs nothing."""
+"""`caregpt run --dry-run`: prints the resolved plan, honours --only, refuses unknown step names; runs nothing.
+Which finished steps a rerun may skip."""
 
 from __future__ import annotations
 
@@ -36,3 +37,26 @@ def test_dry_run_prints_only_the_selected_steps(tmp_path, capsys):
 def test_dry_run_refuses_an_unknown_step(tmp_path, capsys):
     assert main([str(_pipeline(tmp_path)), "--dry-run", "--only", "sfft"]) == 2
     assert "no step named 'sfft'; steps: model, sft" in capsys.readouterr().err
+
+
+def test_a_rerun_skips_finished_steps_but_never_a_kept_running_deploy(tmp_path):
+    """A deploy step with keep_running leaves a server, not files: the server ended with the process that started
+    it, so a second `make demo` must serve again instead of pointing at a dead address (it did)."""
+    import json
+
+    from caregpt.pipeline.run import MARKERS, _finished
+    from caregpt.pipeline.plan import plan
+    from caregpt.pipeline.spec import load_pipeline
+
+    path = _pipeline(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["steps"].append({"name": "deploy", "uses": "deploy", "from": "sft", "with": {"keep_running": True}})
+    spec["steps"].append({"name": "smoke", "uses": "deploy", "from": "sft", "with": {"keep_running": False}})
+    path.write_text(yaml.safe_dump(spec))
+    steps = plan(load_pipeline(path))
+    run_dir = tmp_path / "run"
+    (run_dir / MARKERS).mkdir(parents=True)
+    for step in steps:
+        (run_dir / MARKERS / f"{step.name}.json").write_text(json.dumps({"fingerprint": step.fingerprint, "metrics": {}}))
+    reusable = {step.name: _finished(run_dir, step) is not None for step in steps}
+    assert reusable == {"model": True, "sft": True, "deploy": False, "smoke": True}

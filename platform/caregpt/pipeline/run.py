@@ -155,6 +155,9 @@ def _marker(run_dir: Path, name: str) -> Path:
 
 
 def _finished(run_dir: Path, step: PlannedStep) -> dict[str, Any] | None:
+    """The record of this step's earlier run, if it can stand for running it again."""
+    if step.uses == "deploy" and step.values.get("keep_running"):
+        return None  # its result is a running server, gone with the process that started it (make demo, run twice)
     path = _marker(run_dir, step.name)
     if not path.is_file():
         return None
