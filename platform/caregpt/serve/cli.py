@@ -124,10 +124,10 @@ def main(argv: list[str]) -> int:
 
     # Shut Serve and Ray down at the end only if this process started them (never a cluster it joined).
     embedded = embedded and not ray.is_initialized()
-    if config.front_proxy:
+    if config.front_proxy and embedded:
         from caregpt.serve.ingress import prefer_direct_ingress
 
-        prefer_direct_ingress()  # an embedded Ray's replicas then serve the front directly (caregpt.serve.ingress)
+        prefer_direct_ingress()  # the Ray started here: its replicas then serve the front directly (caregpt.serve.ingress)
     ensure_ray(config.ray_address)
     # host / port: a flag wins over the Serve config's http_options, which win over the defaults
     from caregpt.config.loader import split_argv
